@@ -1,0 +1,219 @@
+// Package config holds kproxy's effective configuration: flags and a
+// KubeProxyConfiguration file are turned into one Config, which is defaulted and
+// validated before anything is constructed from it.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Proxy modes.
+const (
+	ModeAuto      = ""
+	ModeNFTables  = "nftables"
+	ModeUserspace = "userspace"
+)
+
+// Config is the whole effective configuration of `kproxy run`.
+type Config struct {
+	// Source: a manifest directory (standalone) or the Kubernetes API.
+	Manifests  string
+	StateDir   string
+	Kubeconfig string
+	Master     string
+	// HostnameOverride is this node's name; defaults to the host name.
+	HostnameOverride string
+	ServiceProxyName string
+
+	// Allocation in standalone mode.
+	ServiceClusterIPRanges []netip.Prefix
+	ServiceNodePortRange   PortRange
+
+	Mode              string
+	ClusterCIDRs      []netip.Prefix
+	NodePortAddresses []netip.Prefix
+	MasqueradeAll     bool
+	SyncPeriod        time.Duration
+	MinSyncPeriod     time.Duration
+	// NFTablesTable is the name of kproxy's own nftables tables (ip and ip6).
+	NFTablesTable string
+	// LocalhostNodePorts makes NodePorts answer on 127.0.0.1 (sets route_localnet).
+	LocalhostNodePorts bool
+
+	// Userspace data plane.
+	UserspaceIdleTimeout time.Duration
+	UserspaceMaxConns    int
+	UserspaceGracePeriod time.Duration
+
+	HealthzBindAddress string
+	MetricsBindAddress string
+	Profiling          bool
+
+	DNSBindAddress  string
+	ClusterDomain   string
+	DNSTTL          time.Duration
+	DNSUpstream     string
+	DNSUpstreamWait time.Duration
+
+	LogFormat string
+	Verbosity int
+}
+
+// PortRange is an inclusive range of ports.
+type PortRange struct{ Base, Max int }
+
+func (r PortRange) String() string { return fmt.Sprintf("%d-%d", r.Base, r.Max) }
+
+// Size is the number of ports in the range.
+func (r PortRange) Size() int { return r.Max - r.Base + 1 }
+
+// ParsePortRange parses "30000-32767" (or a single port).
+func ParsePortRange(s string) (PortRange, error) {
+	lo, hi, found := strings.Cut(strings.TrimSpace(s), "-")
+	if !found {
+		hi = lo
+	}
+	b, err1 := strconv.Atoi(strings.TrimSpace(lo))
+	m, err2 := strconv.Atoi(strings.TrimSpace(hi))
+	if err := errors.Join(err1, err2); err != nil {
+		return PortRange{}, fmt.Errorf("invalid port range %q: %w", s, err)
+	}
+	if b < 1 || m > 65535 || b > m {
+		return PortRange{}, fmt.Errorf("invalid port range %q: want BASE-MAX within 1-65535", s)
+	}
+	return PortRange{Base: b, Max: m}, nil
+}
+
+// ParseCIDRs parses a comma-separated list of CIDRs.
+func ParseCIDRs(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(part)
+		if err != nil {
+			return nil, fmt.Errorf("invalid CIDR %q: %w", part, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// Default values, kube-proxy's where they carry over.
+const (
+	DefaultServiceCIDR        = "10.96.0.0/16"
+	DefaultUserspaceCIDR      = "127.10.0.0/16"
+	DefaultNodePortRange      = "30000-32767"
+	DefaultHealthzBindAddress = "0.0.0.0:10256"
+	DefaultMetricsBindAddress = "127.0.0.1:10249"
+	DefaultDNSBindAddress     = "127.0.0.1:10053"
+	DefaultClusterDomain      = "cluster.local"
+	DefaultSyncPeriod         = 30 * time.Second
+	DefaultMinSyncPeriod      = 1 * time.Second
+	DefaultNFTablesTable      = "kproxy"
+	DefaultUserspaceIdle      = 10 * time.Minute
+	DefaultUserspaceMaxConns  = 65536
+	DefaultUserspaceGrace     = 30 * time.Second
+	DefaultDNSTTL             = 5 * time.Second
+	DefaultDNSUpstreamWait    = 2 * time.Second
+)
+
+// Defaults returns a Config with every default filled in.
+func Defaults() Config {
+	r, _ := ParsePortRange(DefaultNodePortRange)
+	return Config{
+		StateDir:             DefaultStateDir(),
+		ServiceNodePortRange: r,
+		SyncPeriod:           DefaultSyncPeriod,
+		MinSyncPeriod:        DefaultMinSyncPeriod,
+		NFTablesTable:        DefaultNFTablesTable,
+		UserspaceIdleTimeout: DefaultUserspaceIdle,
+		UserspaceMaxConns:    DefaultUserspaceMaxConns,
+		UserspaceGracePeriod: DefaultUserspaceGrace,
+		HealthzBindAddress:   DefaultHealthzBindAddress,
+		MetricsBindAddress:   DefaultMetricsBindAddress,
+		ClusterDomain:        DefaultClusterDomain,
+		DNSTTL:               DefaultDNSTTL,
+		DNSUpstreamWait:      DefaultDNSUpstreamWait,
+		LogFormat:            "text",
+	}
+}
+
+// DefaultStateDir is where standalone mode keeps its allocations: a system
+// directory for root, the user's state directory otherwise.
+func DefaultStateDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/kproxy"
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "kproxy")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "kproxy")
+	}
+	return filepath.Join(os.TempDir(), "kproxy-state")
+}
+
+// Standalone reports whether the source is the manifest directory.
+func (c *Config) Standalone() bool { return c.Manifests != "" }
+
+// Validate checks the configuration; every problem is reported, with the flag name.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Manifests != "" && (c.Kubeconfig != "" || c.Master != "") {
+		errs = append(errs, errors.New("--manifests and --kubeconfig/--master are exclusive: choose standalone or cluster mode"))
+	}
+	switch c.Mode {
+	case ModeAuto, ModeNFTables, ModeUserspace:
+	default:
+		errs = append(errs, fmt.Errorf("--proxy-mode %q: want nftables or userspace", c.Mode))
+	}
+	if len(c.ServiceClusterIPRanges) > 2 {
+		errs = append(errs, errors.New("--service-cluster-ip-range: at most two ranges, one per IP family"))
+	}
+	if len(c.ServiceClusterIPRanges) == 2 && c.ServiceClusterIPRanges[0].Addr().Is4() == c.ServiceClusterIPRanges[1].Addr().Is4() {
+		errs = append(errs, errors.New("--service-cluster-ip-range: two ranges must be of different IP families"))
+	}
+	for _, p := range c.ServiceClusterIPRanges {
+		if bits := p.Addr().BitLen() - p.Bits(); bits < 2 || (p.Addr().Is6() && p.Bits() < 108) {
+			errs = append(errs, fmt.Errorf("--service-cluster-ip-range %s: too small or (IPv6) larger than /108", p))
+		}
+	}
+	if c.SyncPeriod <= 0 {
+		errs = append(errs, errors.New("--sync-period must be positive"))
+	}
+	if c.MinSyncPeriod < 0 || c.MinSyncPeriod > c.SyncPeriod {
+		errs = append(errs, errors.New("--min-sync-period must be between 0 and --sync-period"))
+	}
+	for _, a := range []struct{ flag, v string }{
+		{"--healthz-bind-address", c.HealthzBindAddress},
+		{"--metrics-bind-address", c.MetricsBindAddress},
+		{"--dns-bind-address", c.DNSBindAddress},
+	} {
+		if a.v == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(a.v); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: want HOST:PORT: %w", a.flag, a.v, err))
+		}
+	}
+	if c.NFTablesTable == "" || strings.ContainsAny(c.NFTablesTable, " :;/") {
+		errs = append(errs, fmt.Errorf("--nftables-table %q: want a plain name", c.NFTablesTable))
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("--log-format %q: want text or json", c.LogFormat))
+	}
+	return errors.Join(errs...)
+}
