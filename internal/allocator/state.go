@@ -209,4 +209,3 @@ func (a *Allocator) Lock() (unlock func(), err error) {
 	}
 	return func() { f.Close() }, nil
 }
-
