@@ -8,11 +8,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/kproxy/kproxy/internal/allocator"
 )
 
 // Proxy modes.
@@ -32,10 +31,16 @@ type Config struct {
 	// HostnameOverride is this node's name; defaults to the host name.
 	HostnameOverride string
 	ServiceProxyName string
+	// KubeQPS, KubeBurst and KubeContentType tune the API client (0/empty: defaults).
+	KubeQPS         float32
+	KubeBurst       int
+	KubeContentType string
+	// ConfigSyncPeriod is the informers' resync period (0: none).
+	ConfigSyncPeriod time.Duration
 
 	// Allocation in standalone mode.
 	ServiceClusterIPRanges []netip.Prefix
-	ServiceNodePortRange   PortRange
+	ServiceNodePortRange   allocator.PortRange
 
 	Mode              string
 	ClusterCIDRs      []netip.Prefix
@@ -65,31 +70,6 @@ type Config struct {
 
 	LogFormat string
 	Verbosity int
-}
-
-// PortRange is an inclusive range of ports.
-type PortRange struct{ Base, Max int }
-
-func (r PortRange) String() string { return fmt.Sprintf("%d-%d", r.Base, r.Max) }
-
-// Size is the number of ports in the range.
-func (r PortRange) Size() int { return r.Max - r.Base + 1 }
-
-// ParsePortRange parses "30000-32767" (or a single port).
-func ParsePortRange(s string) (PortRange, error) {
-	lo, hi, found := strings.Cut(strings.TrimSpace(s), "-")
-	if !found {
-		hi = lo
-	}
-	b, err1 := strconv.Atoi(strings.TrimSpace(lo))
-	m, err2 := strconv.Atoi(strings.TrimSpace(hi))
-	if err := errors.Join(err1, err2); err != nil {
-		return PortRange{}, fmt.Errorf("invalid port range %q: %w", s, err)
-	}
-	if b < 1 || m > 65535 || b > m {
-		return PortRange{}, fmt.Errorf("invalid port range %q: want BASE-MAX within 1-65535", s)
-	}
-	return PortRange{Base: b, Max: m}, nil
 }
 
 // ParseCIDRs parses a comma-separated list of CIDRs.
@@ -130,9 +110,8 @@ const (
 
 // Defaults returns a Config with every default filled in.
 func Defaults() Config {
-	r, _ := ParsePortRange(DefaultNodePortRange)
+	r, _ := allocator.ParsePortRange(allocator.DefaultNodePortRange)
 	return Config{
-		StateDir:             DefaultStateDir(),
 		ServiceNodePortRange: r,
 		SyncPeriod:           DefaultSyncPeriod,
 		MinSyncPeriod:        DefaultMinSyncPeriod,
@@ -149,21 +128,6 @@ func Defaults() Config {
 	}
 }
 
-// DefaultStateDir is where standalone mode keeps its allocations: a system
-// directory for root, the user's state directory otherwise.
-func DefaultStateDir() string {
-	if os.Geteuid() == 0 {
-		return "/var/lib/kproxy"
-	}
-	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
-		return filepath.Join(d, "kproxy")
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(home, ".local", "state", "kproxy")
-	}
-	return filepath.Join(os.TempDir(), "kproxy-state")
-}
-
 // Standalone reports whether the source is the manifest directory.
 func (c *Config) Standalone() bool { return c.Manifests != "" }
 
@@ -178,15 +142,11 @@ func (c *Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("--proxy-mode %q: want nftables or userspace", c.Mode))
 	}
-	if len(c.ServiceClusterIPRanges) > 2 {
-		errs = append(errs, errors.New("--service-cluster-ip-range: at most two ranges, one per IP family"))
-	}
-	if len(c.ServiceClusterIPRanges) == 2 && c.ServiceClusterIPRanges[0].Addr().Is4() == c.ServiceClusterIPRanges[1].Addr().Is4() {
-		errs = append(errs, errors.New("--service-cluster-ip-range: two ranges must be of different IP families"))
-	}
-	for _, p := range c.ServiceClusterIPRanges {
-		if bits := p.Addr().BitLen() - p.Bits(); bits < 2 || (p.Addr().Is6() && p.Bits() < 108) {
-			errs = append(errs, fmt.Errorf("--service-cluster-ip-range %s: too small or (IPv6) larger than /108", p))
+	if c.Standalone() {
+		ac := allocator.Config{ServiceCIDRs: c.ServiceClusterIPRanges, NodePortRange: c.ServiceNodePortRange}
+		ac.Defaults()
+		if err := ac.Validate(); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if c.SyncPeriod <= 0 {

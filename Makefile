@@ -1,0 +1,38 @@
+# kproxy: the two commands are `make demo` (standalone kproxy on the example
+# manifests, real traffic spread over three backends; no root, no cluster) and
+# `make test` (the whole suite; as root it installs what it needs first and runs
+# the kernel and API-server tests too).
+GO ?= go
+BIN := $(CURDIR)/bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/kproxy/kproxy/internal/app.Version=$(VERSION)
+
+.PHONY: all build demo test test-unit setup bench bench-nftables bench-userspace bench-dns lint clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
+
+demo: build
+	hack/demo.sh
+
+# setup installs the Debian packages and builds the Kubernetes test tools (root only;
+# a normal user gets the tests that need neither).
+setup:
+	hack/setup.sh
+
+test: setup build
+	hack/test.sh
+
+test-unit:
+	$(GO) test -count=1 ./...
+
+lint:
+	gofmt -l $$(git ls-files '*.go') | tee /dev/stderr | (! read)
+	$(GO) vet ./...
+
+bench: bench-nftables bench-userspace bench-dns
+
+clean:
+	rm -rf $(BIN)
