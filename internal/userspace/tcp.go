@@ -1,0 +1,246 @@
+package userspace
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/netip"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+	v1 "k8s.io/api/core/v1"
+)
+
+// spliceChunk bounds one splice run so that byte counters advance during long
+// transfers; at several GB/s it costs one extra call every couple of milliseconds.
+const spliceChunk = 4 << 20
+
+func notLocal(err error) bool { return errors.Is(err, syscall.EADDRNOTAVAIL) }
+
+func (p *Proxier) listen(key listenerKey, f *front) (*listener, error) {
+	l := &listener{key: key}
+	l.front.Store(f)
+	switch key.proto {
+	case v1.ProtocolTCP:
+		ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(key.addr))
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", key, err)
+		}
+		l.tcp = ln
+		for range p.cfg.AcceptLoops {
+			p.wg.Add(1)
+			go p.acceptLoop(l)
+		}
+	case v1.ProtocolUDP:
+		conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(key.addr))
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", key, err)
+		}
+		// Bigger buffers absorb bursts; the kernel caps them at rmem_max/wmem_max.
+		_ = conn.SetReadBuffer(4 << 20)
+		_ = conn.SetWriteBuffer(4 << 20)
+		l.udp = &udpListener{p: p, l: l, conn: conn, flows: map[netip.AddrPort]*udpFlow{}}
+		p.wg.Add(1)
+		go l.udp.readLoop()
+	default:
+		return nil, fmt.Errorf("listen on %s: protocol not proxied", key)
+	}
+	return l, nil
+}
+
+func (p *Proxier) acceptLoop(l *listener) {
+	defer p.wg.Done()
+	var delay time.Duration
+	for {
+		c, err := l.tcp.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors or similar: back off like net/http does
+			// instead of spinning.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			p.log.Warn("accept failed", "listener", l.key.String(), "err", err, "retryIn", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		go p.serveTCP(l, c)
+	}
+}
+
+// reset closes a client connection with an RST, so the client sees a refusal
+// at once rather than a clean end of stream.
+func reset(c *net.TCPConn) {
+	_ = c.SetLinger(0)
+	_ = c.Close()
+}
+
+func (p *Proxier) serveTCP(l *listener, client *net.TCPConn) {
+	f := l.front.Load()
+	sp := f.sp
+	src := addrOf(client.RemoteAddr())
+	if !f.allowed(src) {
+		reset(client)
+		return
+	}
+	n := p.active.Add(1)
+	defer p.active.Add(-1)
+	if limit := p.cfg.MaxConnections; limit > 0 && n > int64(limit) {
+		p.log.Debug("connection limit reached", "servicePort", sp.label, "limit", limit)
+		reset(client)
+		return
+	}
+	if sp.connsTotal != nil {
+		sp.connsTotal.Inc()
+	}
+	backend, ep := p.dialEndpoint(f, src, familyOf(l.key.addr.Addr()))
+	if backend == nil {
+		reset(client)
+		return
+	}
+	c := &tcpConn{client: client, backend: backend, ep: ep}
+	if !sp.track(c) {
+		c.abort()
+		return
+	}
+	ep.connOpened()
+	c.run(p.cfg.TCPIdleTimeout, sp)
+	ep.connClosed()
+	sp.untrack(c)
+}
+
+func addrOf(a net.Addr) netip.Addr {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// dialEndpoint connects to an endpoint of the front's balancer, moving on to the
+// next one (at most MaxDialAttempts) when a dial fails or times out. A failed
+// endpoint backs off so that other clients skip it for a while.
+func (p *Proxier) dialEndpoint(f *front, src netip.Addr, fam family) (*net.TCPConn, *endpoint) {
+	var buf [4]*endpoint
+	tried := buf[:0]
+	for range p.cfg.MaxDialAttempts {
+		ep := f.bal.pick(src, fam, tried)
+		if ep == nil {
+			break
+		}
+		conn, err := p.dialer.DialTCP(p.ctx, "tcp", netip.AddrPort{}, ep.addr)
+		if err == nil {
+			return conn, ep
+		}
+		ep.dialFailures.Add(1)
+		ep.backoffUntil.Store(p.now() + int64(p.cfg.EndpointBackoff))
+		if f.sp.dialFailures != nil {
+			f.sp.dialFailures.Inc()
+		}
+		f.bal.forget(src, ep)
+		tried = append(tried, ep)
+		p.log.Debug("dial failed", "servicePort", f.sp.label, "endpoint", ep.addr.String(), "err", err)
+	}
+	return nil, nil
+}
+
+// tcpConn is one proxied TCP connection.
+type tcpConn struct {
+	client, backend *net.TCPConn
+	ep              *endpoint
+	aborted         atomic.Bool
+}
+
+func (c *tcpConn) endpoint() *endpoint { return c.ep }
+
+// abort closes both sides, which ends both copy loops.
+func (c *tcpConn) abort() {
+	if c.aborted.Swap(true) {
+		return
+	}
+	_ = c.client.Close()
+	_ = c.backend.Close()
+}
+
+// run copies both ways until both sides finished or one failed.
+func (c *tcpConn) run(idle time.Duration, sp *servicePort) {
+	done := make(chan struct{})
+	go func() {
+		c.pipe(c.backend, c.client, idle, &c.ep.bytesIn, sp.bytesIn)
+		close(done)
+	}()
+	c.pipe(c.client, c.backend, idle, &c.ep.bytesOut, sp.bytesOut)
+	<-done
+	c.abort()
+}
+
+// pipe copies src to dst with splice (io.Copy between two *net.TCPConn never
+// enters userspace), passes a half-close on, and ends the connection after
+// idle without data both ways. The idle check asks the kernel when each socket
+// last received data (TCP_INFO), because a running splice does not report
+// progress until it returns.
+func (c *tcpConn) pipe(dst, src *net.TCPConn, idle time.Duration, epBytes *atomic.Uint64, bytes prometheus.Counter) {
+	wait := idle
+	for {
+		if err := src.SetReadDeadline(time.Now().Add(wait)); err != nil {
+			c.abort()
+			return
+		}
+		lr := io.LimitedReader{R: src, N: spliceChunk}
+		n, err := dst.ReadFrom(&lr)
+		if n > 0 {
+			epBytes.Add(uint64(n))
+			if bytes != nil {
+				bytes.Add(float64(n))
+			}
+		}
+		switch {
+		case err == nil && lr.N > 0:
+			// End of stream: pass the half-close on; the other direction may
+			// still carry the reply.
+			if err := dst.CloseWrite(); err != nil {
+				c.abort()
+			}
+			return
+		case err == nil:
+			wait = idle
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			if n > 0 {
+				wait = idle
+				continue
+			}
+			quiet := min(sinceLastData(c.client), sinceLastData(c.backend))
+			if quiet >= idle {
+				c.abort()
+				return
+			}
+			wait = idle - quiet
+		default:
+			c.abort()
+			return
+		}
+	}
+}
+
+// sinceLastData is how long ago the socket last received data, from TCP_INFO.
+// If the kernel cannot tell, the socket counts as idle.
+func sinceLastData(conn *net.TCPConn) time.Duration {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return math.MaxInt64
+	}
+	var info *unix.TCPInfo
+	var gerr error
+	if err := raw.Control(func(fd uintptr) {
+		info, gerr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); err != nil || gerr != nil || info == nil {
+		return math.MaxInt64
+	}
+	return time.Duration(info.Last_data_recv) * time.Millisecond
+}
