@@ -1,0 +1,743 @@
+package dns
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	mdns "github.com/miekg/dns"
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kproxy/kproxy/internal/model"
+)
+
+// schemaVersion is the version of the Kubernetes DNS-Based Service Discovery
+// specification implemented (github.com/kubernetes/dns docs/specification.md),
+// published as the dns-version TXT record.
+const schemaVersion = "1.1.0"
+
+// tolerateUnreadyAnnotation is the deprecated annotation that the specification
+// still lists as making not-ready endpoints count as ready.
+const tolerateUnreadyAnnotation = "service.alpha.kubernetes.io/tolerate-unready-endpoints"
+
+// Answer slots: the query types the index precomputes answers for.
+const (
+	slotA = iota
+	slotAAAA
+	slotSRV
+	slotPTR
+	slotCNAME
+	slotTXT
+	slotSOA
+	slotANY
+	slotOther // every other query type
+	numSlots
+)
+
+func slotOf(qtype uint16) int {
+	switch qtype {
+	case typeA:
+		return slotA
+	case typeAAAA:
+		return slotAAAA
+	case typeSRV:
+		return slotSRV
+	case typePTR:
+		return slotPTR
+	case typeCNAME:
+		return slotCNAME
+	case typeTXT:
+		return slotTXT
+	case typeSOA:
+		return slotSOA
+	case typeANY:
+		return slotANY
+	}
+	return slotOther
+}
+
+// rrset is a precomputed answer: packed records ready to be copied behind the
+// question. Answer records use a compression pointer to the question as owner.
+type rrset struct {
+	data []byte
+	// ends[i] is the end offset of record i in data, so that a UDP answer that does
+	// not fit can be cut at a record boundary.
+	ends []int
+	// extra is the packed additional section (A/AAAA of SRV targets, RFC 2782).
+	extra  []byte
+	nExtra int
+	// chase is an out-of-zone CNAME target (a dotted FQDN) that the server resolves
+	// through the upstream, when there is one, and appends to the answer.
+	chase string
+	// cnameTarget is the dotted CNAME target, for the forwarding path.
+	cnameTarget string
+}
+
+func (r *rrset) add(owner []byte, typ uint16, ttl uint32, rdata []byte) {
+	r.data = appendRR(r.data, owner, typ, ttl, rdata)
+	r.ends = append(r.ends, len(r.data))
+}
+
+func (r *rrset) addSet(o *rrset) {
+	if o == nil {
+		return
+	}
+	base := len(r.data)
+	r.data = append(r.data, o.data...)
+	for _, e := range o.ends {
+		r.ends = append(r.ends, base+e)
+	}
+}
+
+// node is one name in the zone. A node whose sets are all nil exists but has no
+// records (an empty non-terminal): queries for it get NODATA, not NXDOMAIN.
+type node struct {
+	sets [numSlots]*rrset
+	// v4 and v6 are the name's addresses, and cname its CNAME target (wire form),
+	// kept to build additional sections and to follow CNAMEs inside the zone.
+	v4, v6 []netip.Addr
+	cname  []byte
+}
+
+// entNode is the shared empty non-terminal.
+var entNode = &node{}
+
+// finish computes the ANY answer (RFC 8482 allows a subset; kproxy returns all
+// records of the name, which are few).
+func (n *node) finish() {
+	if n.cname != nil {
+		return
+	}
+	var any rrset
+	for _, s := range []int{slotA, slotAAAA, slotSRV, slotPTR, slotTXT, slotSOA} {
+		any.addSet(n.sets[s])
+	}
+	if len(any.ends) > 0 {
+		n.sets[slotANY] = &any
+	}
+}
+
+// svcEntry holds the names of one service: the service name itself and the names
+// below it (endpoint hostnames, _port._proto SRV names and their _proto parents).
+type svcEntry struct {
+	self *node
+	sub  map[string]*node // key: the wire labels in front of "svc.ns"
+}
+
+// index is an immutable view of the zone. Queries read it without locks; Update
+// builds a new one and swaps a pointer.
+type index struct {
+	ready bool
+	zone  []byte // lowercase wire form
+	// soa is the packed SOA record for the authority section of negative answers.
+	soa      []byte
+	apex     *node
+	version  *node
+	services map[string]*svcEntry  // key: wire "service.namespace" without terminator
+	spaces   map[string]struct{}   // namespaces with at least one name; key: wire label
+	reverse  map[string]*node      // key: lowercase wire in-addr.arpa / ip6.arpa name
+	frags    map[types.NamespacedName]*fragment
+}
+
+// lookup kinds.
+type findKind int
+
+const (
+	findNode     findKind = iota // n holds the records (maybe none: NODATA)
+	findNX                       // NXDOMAIN
+	findPod                      // a deprecated a-b-c-d.ns.pod.<zone> name
+	findOutside                  // not ours: forward or REFUSED
+	findNotReady                 // ours, but no snapshot yet: SERVFAIL
+)
+
+var (
+	labelSvc         = []byte("svc")
+	labelPod         = []byte("pod")
+	labelDNSVersion  = []byte("dns-version")
+	reverseV4Suffix  = []byte("\x07in-addr\x04arpa\x00")
+	reverseV6Suffix  = []byte("\x03ip6\x04arpa\x00")
+)
+
+// find classifies a query name. It allocates nothing: map lookups index with
+// string(bytes) conversions, which the compiler does not copy.
+func (idx *index) find(q *question) (*node, findKind) {
+	first, ok := q.hasLabelSuffix(idx.zone)
+	if !ok {
+		if _, ok := q.hasLabelSuffix(reverseV4Suffix); !ok {
+			if _, ok := q.hasLabelSuffix(reverseV6Suffix); !ok {
+				return nil, findOutside
+			}
+		}
+		if !idx.ready {
+			return nil, findOutside
+		}
+		if n, ok := idx.reverse[string(q.lname())]; ok {
+			return n, findNode
+		}
+		// kproxy only knows the reverse names of its own addresses; the rest of
+		// the reverse tree belongs to someone else.
+		return nil, findOutside
+	}
+	if !idx.ready {
+		return nil, findNotReady
+	}
+	// Labels 0..first-1 are in front of the zone.
+	switch {
+	case first == 0:
+		return idx.apex, findNode
+	case first == 1 && string(q.label(0)) == string(labelDNSVersion):
+		return idx.version, findNode
+	}
+	top := q.label(first - 1)
+	switch string(top) {
+	case string(labelSvc):
+		switch first {
+		case 1:
+			return entNode, findNode
+		case 2:
+			if _, ok := idx.spaces[string(q.name[q.labels[0]:q.labels[1]])]; ok {
+				return entNode, findNode
+			}
+			return nil, findNX
+		}
+		svcStart := int(q.labels[first-3])
+		e, ok := idx.services[string(q.name[svcStart:q.labels[first-1]])]
+		if !ok {
+			return nil, findNX
+		}
+		if svcStart == 0 {
+			return e.self, findNode
+		}
+		if n, ok := e.sub[string(q.name[:svcStart])]; ok {
+			return n, findNode
+		}
+		return nil, findNX
+	case string(labelPod):
+		switch first {
+		case 1, 2:
+			return entNode, findNode
+		case 3:
+			return nil, findPod
+		}
+	}
+	return nil, findNX
+}
+
+// podAddr parses the first label of a pod name: "10-244-0-5" or "fd00--5".
+func podAddr(label []byte) (netip.Addr, bool) {
+	s := string(label)
+	if ip, err := netip.ParseAddr(strings.ReplaceAll(s, "-", ".")); err == nil && ip.Is4() {
+		return ip, true
+	}
+	if ip, err := netip.ParseAddr(strings.ReplaceAll(s, "-", ":")); err == nil && ip.Is6() && !ip.Is4In6() {
+		return ip, true
+	}
+	return netip.Addr{}, false
+}
+
+// fragment is the part of the index one service contributes. Fragments are
+// cached across updates and rebuilt only when the Service or its EndpointSlices
+// change (the model never mutates an object in place; a change is a new pointer).
+type fragment struct {
+	svc    *v1.Service
+	slices []*discovery.EndpointSlice
+	key    string // wire "service.namespace"
+	ns     string // wire "namespace"
+	entry  *svcEntry
+	ptrs   []ptrRecord
+	// cname is the in-zone target of an ExternalName service, to be followed.
+	cnameInZone bool
+}
+
+type ptrRecord struct {
+	reverse string // wire reverse name
+	target  []byte // wire target name
+}
+
+// builder holds what does not change between updates.
+type builder struct {
+	zone []byte
+	ttl  uint32
+}
+
+func label(s string) []byte {
+	s = strings.ToLower(s)
+	return append([]byte{byte(len(s))}, s...)
+}
+
+func validLabel(s string) bool { return len(s) > 0 && len(s) <= 63 }
+
+// addrSet packs A or AAAA records for the addresses of one family.
+func (b *builder) addrSet(owner []byte, typ uint16, addrs []netip.Addr) *rrset {
+	if len(addrs) == 0 {
+		return nil
+	}
+	r := &rrset{}
+	for _, ip := range addrs {
+		r.add(owner, typ, b.ttl, ip.AsSlice())
+	}
+	return r
+}
+
+// addrRecords packs A and AAAA records for a named owner, for additional sections
+// and CNAME chains.
+func (b *builder) addrRecords(dst []byte, owner []byte, v4, v6 []netip.Addr, want int) ([]byte, int) {
+	n := 0
+	if want == slotA || want == slotANY {
+		for _, ip := range v4 {
+			dst = appendRR(dst, owner, typeA, b.ttl, ip.AsSlice())
+			n++
+		}
+	}
+	if want == slotAAAA || want == slotANY {
+		for _, ip := range v6 {
+			dst = appendRR(dst, owner, typeAAAA, b.ttl, ip.AsSlice())
+			n++
+		}
+	}
+	return dst, n
+}
+
+func (b *builder) nodeWithAddrs(v4, v6 []netip.Addr) *node {
+	n := &node{v4: v4, v6: v6}
+	n.sets[slotA] = b.addrSet(ownerPtr, typeA, v4)
+	n.sets[slotAAAA] = b.addrSet(ownerPtr, typeAAAA, v6)
+	return n
+}
+
+func splitFamilies(ips []netip.Addr) (v4, v6 []netip.Addr) {
+	for _, ip := range ips {
+		if ip.Unmap().Is4() {
+			v4 = append(v4, ip.Unmap())
+		} else {
+			v6 = append(v6, ip)
+		}
+	}
+	return v4, v6
+}
+
+func reverseName(ip netip.Addr) (string, error) {
+	rev, err := mdns.ReverseAddr(ip.String())
+	if err != nil {
+		return "", fmt.Errorf("reverse name of %s: %w", ip, err)
+	}
+	w, err := wireName(rev)
+	if err != nil {
+		return "", err
+	}
+	return string(w), nil
+}
+
+// buildFragment computes one service's names. A nil entry means the service has
+// no names at all (a headless service without ready endpoints is NXDOMAIN, as the
+// specification says).
+func (b *builder) buildFragment(svc *v1.Service, slices []*discovery.EndpointSlice) (*fragment, error) {
+	f := &fragment{svc: svc, slices: slices}
+	if !validLabel(svc.Name) || !validLabel(svc.Namespace) {
+		return f, fmt.Errorf("service %s/%s: name or namespace is not a DNS label", svc.Namespace, svc.Name)
+	}
+	key := append(label(svc.Name), label(svc.Namespace)...)
+	f.key = string(key)
+	f.ns = string(label(svc.Namespace))
+	fqdn := concat(key, label("svc"), b.zone)
+	if len(fqdn) > 255 {
+		return f, fmt.Errorf("service %s/%s: name too long for the cluster domain", svc.Namespace, svc.Name)
+	}
+	switch {
+	case svc.Spec.Type == v1.ServiceTypeExternalName:
+		return f, b.externalName(f, svc)
+	case svc.Spec.ClusterIP == v1.ClusterIPNone:
+		return f, b.headless(f, svc, slices, fqdn)
+	default:
+		return f, b.clusterIP(f, svc, fqdn)
+	}
+}
+
+func concat(parts ...[]byte) []byte {
+	var out []byte
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+func (b *builder) externalName(f *fragment, svc *v1.Service) error {
+	target := strings.TrimSuffix(strings.ToLower(strings.TrimSpace(svc.Spec.ExternalName)), ".")
+	if target == "" {
+		return fmt.Errorf("service %s/%s: ExternalName service without externalName", svc.Namespace, svc.Name)
+	}
+	tw, err := wireName(target)
+	if err != nil {
+		return fmt.Errorf("service %s/%s: externalName: %w", svc.Namespace, svc.Name, err)
+	}
+	set := &rrset{cnameTarget: target + "."}
+	set.add(ownerPtr, typeCNAME, b.ttl, tw)
+	// An externalName that looks like an IPv4 address is still a name made of
+	// digits (Kubernetes documents ExternalName so, and the specification only
+	// knows CNAMEs): it is answered as a CNAME and never resolved further.
+	if _, err := netip.ParseAddr(target); err != nil {
+		if isSubdomain(tw, b.zone) {
+			f.cnameInZone = true
+		} else {
+			set.chase = target + "."
+		}
+	}
+	n := &node{cname: tw}
+	for i := range n.sets {
+		n.sets[i] = set
+	}
+	f.entry = &svcEntry{self: n}
+	return nil
+}
+
+func isSubdomain(name, zone []byte) bool {
+	if len(name) < len(zone) || string(name[len(name)-len(zone):]) != string(zone) {
+		return false
+	}
+	// Walk the labels to make sure the suffix starts at a label boundary.
+	for off := 0; off < len(name); off += int(name[off]) + 1 {
+		if off == len(name)-len(zone) {
+			return true
+		}
+	}
+	return false
+}
+
+func (b *builder) clusterIP(f *fragment, svc *v1.Service, fqdn []byte) error {
+	ips, err := model.ParseAddrs(svc.Spec.ClusterIPs)
+	if err != nil {
+		return fmt.Errorf("service %s/%s: %w", svc.Namespace, svc.Name, err)
+	}
+	if len(ips) == 0 {
+		ips, err = model.ParseAddrs([]string{svc.Spec.ClusterIP})
+		if err != nil {
+			return fmt.Errorf("service %s/%s: %w", svc.Namespace, svc.Name, err)
+		}
+	}
+	if len(ips) == 0 {
+		return nil // no virtual IP allocated yet: no names
+	}
+	v4, v6 := splitFamilies(ips)
+	self := b.nodeWithAddrs(v4, v6)
+	self.finish()
+	e := &svcEntry{self: self, sub: map[string]*node{}}
+	extra, nExtra := b.addrRecords(nil, fqdn, v4, v6, slotANY)
+	for _, p := range svc.Spec.Ports {
+		if p.Name == "" || !validLabel("_"+p.Name) {
+			continue
+		}
+		proto := protoLabel(p.Protocol)
+		set := &rrset{extra: extra, nExtra: nExtra}
+		set.add(ownerPtr, typeSRV, b.ttl, srvRdata(0, 100, uint16(p.Port), fqdn))
+		n := &node{}
+		n.sets[slotSRV] = set
+		n.finish()
+		e.sub[string(append(label("_"+p.Name), proto...))] = n
+		if _, ok := e.sub[string(proto)]; !ok {
+			e.sub[string(proto)] = entNode
+		}
+	}
+	f.entry = e
+	for _, ip := range ips {
+		rev, err := reverseName(ip)
+		if err != nil {
+			return err
+		}
+		f.ptrs = append(f.ptrs, ptrRecord{reverse: rev, target: fqdn})
+	}
+	return nil
+}
+
+func protoLabel(p v1.Protocol) []byte {
+	if p == "" {
+		p = v1.ProtocolTCP
+	}
+	return label("_" + strings.ToLower(string(p)))
+}
+
+// endpointHostname is the spec's hostname of an endpoint: its hostname field, or
+// a name made from its IP (CoreDNS's form: dots or colons become dashes).
+func endpointHostname(ep *discovery.Endpoint, ip netip.Addr) string {
+	if ep.Hostname != nil && validLabel(*ep.Hostname) {
+		return strings.ToLower(*ep.Hostname)
+	}
+	s := ip.String()
+	if ip.Is4() {
+		return strings.ReplaceAll(s, ".", "-")
+	}
+	return strings.ReplaceAll(s, ":", "-")
+}
+
+type srvTarget struct {
+	port uint16
+	host string
+}
+
+func (b *builder) headless(f *fragment, svc *v1.Service, epSlices []*discovery.EndpointSlice, fqdn []byte) error {
+	allReady := svc.Spec.PublishNotReadyAddresses || svc.Annotations[tolerateUnreadyAnnotation] == "true"
+	hosts := map[string][]netip.Addr{} // hostname → addresses
+	seen := map[netip.Addr]map[string]bool{}
+	srv := map[string]map[srvTarget]bool{} // _port._proto wire → targets
+	for _, sl := range epSlices {
+		if sl == nil || (sl.AddressType != discovery.AddressTypeIPv4 && sl.AddressType != discovery.AddressTypeIPv6) {
+			continue
+		}
+		for i := range sl.Endpoints {
+			ep := &sl.Endpoints[i]
+			ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
+			if !ready && !allReady {
+				continue
+			}
+			for _, a := range ep.Addresses {
+				ip, err := netip.ParseAddr(a)
+				if err != nil {
+					continue
+				}
+				ip = ip.Unmap()
+				h := endpointHostname(ep, ip)
+				if seen[ip] == nil {
+					seen[ip] = map[string]bool{}
+				}
+				if !seen[ip][h] {
+					seen[ip][h] = true
+					hosts[h] = append(hosts[h], ip)
+				}
+				for _, p := range sl.Ports {
+					if p.Name == nil || *p.Name == "" || p.Port == nil || !validLabel("_"+*p.Name) {
+						continue
+					}
+					proto := v1.ProtocolTCP
+					if p.Protocol != nil {
+						proto = *p.Protocol
+					}
+					k := string(append(label("_"+*p.Name), protoLabel(proto)...))
+					if srv[k] == nil {
+						srv[k] = map[srvTarget]bool{}
+					}
+					srv[k][srvTarget{port: uint16(*p.Port), host: h}] = true
+				}
+			}
+		}
+	}
+	if len(seen) == 0 {
+		return nil
+	}
+	all := make([]netip.Addr, 0, len(seen))
+	for ip := range seen {
+		all = append(all, ip)
+	}
+	slices.SortFunc(all, netip.Addr.Compare)
+	v4, v6 := splitFamilies(all)
+	self := b.nodeWithAddrs(v4, v6)
+	self.finish()
+	e := &svcEntry{self: self, sub: map[string]*node{}}
+	hostFQDN := func(h string) []byte { return append(label(h), fqdn...) }
+	for h, ips := range hosts {
+		slices.SortFunc(ips, netip.Addr.Compare)
+		hv4, hv6 := splitFamilies(ips)
+		n := b.nodeWithAddrs(hv4, hv6)
+		n.finish()
+		e.sub[string(label(h))] = n
+		for _, ip := range ips {
+			rev, err := reverseName(ip)
+			if err != nil {
+				return err
+			}
+			f.ptrs = append(f.ptrs, ptrRecord{reverse: rev, target: hostFQDN(h)})
+		}
+	}
+	for k, targets := range srv {
+		ts := make([]srvTarget, 0, len(targets))
+		for t := range targets {
+			ts = append(ts, t)
+		}
+		slices.SortFunc(ts, func(a, c srvTarget) int {
+			return cmp.Or(cmp.Compare(a.host, c.host), cmp.Compare(a.port, c.port))
+		})
+		// Equal priority, weights summing to about 100 (RFC 2782 picks by weight).
+		weight := uint16(max(1, 100/len(ts)))
+		set := &rrset{}
+		added := map[string]bool{}
+		for _, t := range ts {
+			target := hostFQDN(t.host)
+			set.add(ownerPtr, typeSRV, b.ttl, srvRdata(0, weight, t.port, target))
+			if !added[t.host] {
+				added[t.host] = true
+				hv4, hv6 := splitFamilies(hosts[t.host])
+				var n int
+				set.extra, n = b.addrRecords(set.extra, target, hv4, hv6, slotANY)
+				set.nExtra += n
+			}
+		}
+		n := &node{}
+		n.sets[slotSRV] = set
+		n.finish()
+		e.sub[k] = n
+		proto := k[1+k[0]:]
+		if _, ok := e.sub[proto]; !ok {
+			e.sub[proto] = entNode
+		}
+	}
+	f.entry = e
+	return nil
+}
+
+// build makes a new index from a snapshot, reusing the unchanged fragments of prev.
+func (b *builder) build(snap *model.Snapshot, prev *index, serial uint32) (*index, []error) {
+	idx := &index{
+		ready:    true,
+		zone:     b.zone,
+		services: make(map[string]*svcEntry, len(snap.Services)),
+		spaces:   map[string]struct{}{},
+		reverse:  map[string]*node{},
+		frags:    make(map[types.NamespacedName]*fragment, len(snap.Services)),
+	}
+	var errs []error
+	for name, svc := range snap.Services {
+		if svc == nil {
+			continue
+		}
+		sl := snap.Slices[name]
+		var f *fragment
+		if prev != nil {
+			if old, ok := prev.frags[name]; ok && old.svc == svc && slices.Equal(old.slices, sl) {
+				f = old
+			}
+		}
+		if f == nil {
+			var err error
+			f, err = b.buildFragment(svc, sl)
+			if err != nil {
+				errs = append(errs, err)
+			}
+		}
+		idx.frags[name] = f
+		if f.entry == nil {
+			continue
+		}
+		idx.services[f.key] = f.entry
+		idx.spaces[f.ns] = struct{}{}
+	}
+	// PTR records: one reverse name may point at several names (an IP in two
+	// headless services).
+	targets := map[string][][]byte{}
+	for _, f := range idx.frags {
+		for _, p := range f.ptrs {
+			if !slices.ContainsFunc(targets[p.reverse], func(t []byte) bool { return string(t) == string(p.target) }) {
+				targets[p.reverse] = append(targets[p.reverse], p.target)
+			}
+		}
+	}
+	for rev, ts := range targets {
+		slices.SortFunc(ts, func(a, c []byte) int { return strings.Compare(string(a), string(c)) })
+		set := &rrset{}
+		for _, t := range ts {
+			set.add(ownerPtr, typePTR, b.ttl, t)
+		}
+		n := &node{}
+		n.sets[slotPTR] = set
+		n.finish()
+		idx.reverse[rev] = n
+	}
+	// ExternalName services pointing into the zone: follow the CNAME here, so that
+	// stub resolvers that do not chase CNAMEs get addresses.
+	for _, f := range idx.frags {
+		if f.cnameInZone && f.entry != nil {
+			idx.services[f.key] = &svcEntry{self: b.chase(idx, f.entry.self)}
+		}
+	}
+	mname := concat(label("ns"), label("dns"), b.zone)
+	rname := concat(label("hostmaster"), b.zone)
+	soa := soaRdata(mname, rname, serial, 7200, 1800, 86400, b.ttl)
+	idx.soa = appendRR(nil, b.zone, typeSOA, b.ttl, soa)
+	idx.apex = &node{}
+	idx.apex.sets[slotSOA] = &rrset{}
+	idx.apex.sets[slotSOA].add(ownerPtr, typeSOA, b.ttl, soa)
+	idx.apex.finish()
+	idx.version = &node{}
+	idx.version.sets[slotTXT] = &rrset{}
+	idx.version.sets[slotTXT].add(ownerPtr, typeTXT, b.ttl, txtRdata(schemaVersion))
+	idx.version.finish()
+	return idx, errs
+}
+
+// lookupWire finds a node by wire name in a (partly built) index.
+func (idx *index) lookupWire(name []byte) *node {
+	var q question
+	if len(name) > len(q.name) {
+		return nil
+	}
+	q.nameLen = copy(q.name[:], name)
+	for off := 0; off < len(name) && name[off] != 0; off += int(name[off]) + 1 {
+		q.labels[q.nLabels] = uint8(off)
+		q.nLabels++
+	}
+	n, kind := idx.find(&q)
+	if kind != findNode {
+		return nil
+	}
+	return n
+}
+
+// chase returns a copy of a CNAME node whose A and AAAA answers also hold the
+// records of the in-zone target (following up to 8 CNAMEs, with loop protection).
+func (b *builder) chase(idx *index, n *node) *node {
+	out := &node{cname: n.cname}
+	out.sets = n.sets
+	cnameSet := n.sets[slotCNAME]
+	for _, slot := range []int{slotA, slotAAAA} {
+		set := &rrset{cnameTarget: cnameSet.cnameTarget}
+		set.addSet(cnameSet)
+		target := n.cname
+		visited := map[string]bool{}
+		for range 8 {
+			if visited[string(target)] {
+				break
+			}
+			visited[string(target)] = true
+			t := idx.lookupWire(target)
+			if t == nil {
+				break
+			}
+			if t.cname != nil {
+				set.add(target, typeCNAME, b.ttl, t.cname)
+				if !isSubdomain(t.cname, b.zone) {
+					set.chase = t.sets[slotCNAME].cnameTarget
+					break
+				}
+				target = t.cname
+				continue
+			}
+			before := len(set.data)
+			set.data, _ = b.addrRecords(set.data, target, t.v4, t.v6, slot)
+			// Record boundaries for truncation: address records have a fixed size.
+			size := len(target) + 10 + 4
+			if slot == slotAAAA {
+				size += 12
+			}
+			for e := before + size; e <= len(set.data); e += size {
+				set.ends = append(set.ends, e)
+			}
+			break
+		}
+		out.sets[slot] = set
+	}
+	return out
+}
+
+// wireToDotted renders a wire name for logs and the forwarding path.
+func wireToDotted(w []byte) string {
+	var sb strings.Builder
+	for off := 0; off < len(w) && w[off] != 0; off += int(w[off]) + 1 {
+		sb.Write(w[off+1 : off+1+int(w[off])])
+		sb.WriteByte('.')
+	}
+	if sb.Len() == 0 {
+		return "."
+	}
+	return sb.String()
+}
