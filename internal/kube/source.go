@@ -80,7 +80,7 @@ type Config struct {
 	// ProbeInterval is how often the API server's /readyz is polled to report
 	// Connected; 0 means the default (10 s), a negative value turns probing off.
 	ProbeInterval time.Duration
-	// Logger receives the source's logs; nil means slog.Default().
+	// Logger receives the source's logs; nil means slog.Default() with source=kube.
 	Logger *slog.Logger
 }
 
@@ -104,7 +104,7 @@ func (c *Config) Defaults() {
 		c.ProbeInterval = 10 * time.Second
 	}
 	if c.Logger == nil {
-		c.Logger = slog.Default()
+		c.Logger = slog.Default().With("source", "kube")
 	}
 }
 
@@ -216,7 +216,7 @@ func NewWithClient(cfg Config, client kubernetes.Interface, h model.Handler) (*S
 	if h == nil {
 		return nil, errors.New("kube source: nil handler")
 	}
-	s := &Source{cfg: cfg, h: h, client: client, log: cfg.Logger.With("source", "kube")}
+	s := &Source{cfg: cfg, h: h, client: client, log: cfg.Logger}
 
 	// With no proxy name, kube-proxy's own server-side selector keeps other
 	// proxies' objects out of memory entirely. With one, "label absent OR equal"
