@@ -137,9 +137,9 @@ type index struct {
 	soa      []byte
 	apex     *node
 	version  *node
-	services map[string]*svcEntry  // key: wire "service.namespace" without terminator
-	spaces   map[string]struct{}   // namespaces with at least one name; key: wire label
-	reverse  map[string]*node      // key: lowercase wire in-addr.arpa / ip6.arpa name
+	services map[string]*svcEntry // key: wire "service.namespace" without terminator
+	spaces   map[string]struct{}  // namespaces with at least one name; key: wire label
+	reverse  map[string]*node     // key: lowercase wire in-addr.arpa / ip6.arpa name
 	frags    map[types.NamespacedName]*fragment
 }
 
@@ -155,11 +155,11 @@ const (
 )
 
 var (
-	labelSvc         = []byte("svc")
-	labelPod         = []byte("pod")
-	labelDNSVersion  = []byte("dns-version")
-	reverseV4Suffix  = []byte("\x07in-addr\x04arpa\x00")
-	reverseV6Suffix  = []byte("\x03ip6\x04arpa\x00")
+	labelSvc        = []byte("svc")
+	labelPod        = []byte("pod")
+	labelDNSVersion = []byte("dns-version")
+	reverseV4Suffix = []byte("\x07in-addr\x04arpa\x00")
+	reverseV6Suffix = []byte("\x03ip6\x04arpa\x00")
 )
 
 // find classifies a query name. It allocates nothing: map lookups index with
