@@ -32,6 +32,12 @@ type Options struct {
 	NodePortAddresses []netip.Prefix
 	// LocalhostNodePorts serves NodePorts on 127.0.0.1 too.
 	LocalhostNodePorts bool
+	// Userspace describes the userspace data plane instead of the kernel's:
+	// it proxies (the endpoint sees a node address), does not short-circuit
+	// pod and node traffic to externalTrafficPolicy Local addresses, and
+	// refuses a TCP connection it cannot serve with a reset where the kernel
+	// would drop, while UDP it cannot serve gets no answer.
+	Userspace bool
 	// Kernel, if set, reads the data plane's rules back from the kernel; the
 	// HTTP handler then reports both answers and where they disagree.
 	Kernel KernelState `json:"-"`
@@ -154,16 +160,24 @@ func viewFor(pv *model.PortView, family v1.IPFamily) familyView {
 // first packet of a new connection. It is the whole answer for the userspace
 // data plane, and the reference a kernel trace is compared with.
 func FromModel(snap *model.Snapshot, opts Options, pkt Packet) Result {
+	r := fromModel(snap, &opts, pkt)
+	if opts.Userspace {
+		userspace(&r)
+	}
+	return r
+}
+
+func fromModel(snap *model.Snapshot, opts *Options, pkt Packet) Result {
 	r := Result{Packet: pkt, Source: "model", Steps: []string{}}
 	if snap == nil {
 		r.Verdict = VerdictNone
 		r.Reason = "kproxy has no state yet (its sources have not synced)"
 		return r
 	}
-	nodeAddrs := nodeAddresses(snap, &opts)
+	nodeAddrs := nodeAddresses(snap, opts)
 	family := pkt.Family()
 
-	pv, via, found := match(snap, pkt, nodeAddrs, &opts)
+	pv, via, found := match(snap, pkt, nodeAddrs, opts)
 	if pv == nil {
 		if found {
 			r.Verdict = VerdictReject
@@ -217,9 +231,9 @@ func FromModel(snap *model.Snapshot, opts Options, pkt Packet) Result {
 
 	var eps []*model.Endpoint
 	if via == ViaClusterIP {
-		eps = internal(&r, pv, fv, pkt, &opts)
+		eps = internal(&r, pv, fv, pkt, opts)
 	} else {
-		eps = external(&r, pv, fv, pkt, nodeAddrs, &opts)
+		eps = external(&r, pv, fv, pkt, nodeAddrs, opts)
 	}
 	if r.Verdict != "" {
 		return r
@@ -309,6 +323,8 @@ func external(r *Result, pv *model.PortView, fv familyView, pkt Packet, nodeAddr
 	// load balancer and come back to some node, so it uses every endpoint.
 	shortCircuit := ""
 	switch {
+	case opts.Userspace:
+		// The userspace proxy has one balancer per policy and no short-circuit.
 	case len(opts.ClusterCIDRs) > 0 && opts.inCluster(pkt.Src):
 		shortCircuit = "pod"
 		r.MasqueradeReason = fmt.Sprintf("source %s is a pod: short-circuited to the cluster endpoints, source kept", pkt.Src)
@@ -390,4 +406,33 @@ func endpointList(eps []*model.Endpoint) string {
 		s[i] = ep.String()
 	}
 	return strings.Join(s, ", ")
+}
+
+// userspace rewrites a kernel-semantics answer for the userspace proxy.
+func userspace(r *Result) {
+	switch r.Verdict {
+	case VerdictDNAT:
+		r.Verdict = VerdictProxy
+		r.Reason = strings.Replace(r.Reason, "DNAT to", "proxied to", 1)
+		r.Reason = strings.Replace(r.Reason, "chosen at random", "chosen round-robin", 1)
+		r.Masquerade = true
+		r.MasqueradeReason = "userspace proxy: the endpoint sees a connection from this node"
+		for i := range r.Endpoints {
+			r.Endpoints[i].Masquerade = true
+			r.Endpoints[i].MasqueradeReason = ""
+		}
+		r.step("the userspace proxy accepts the connection and opens its own to the endpoint")
+	case VerdictDrop, VerdictReject:
+		if r.Match == nil {
+			// No listener on that port: the kernel refuses it.
+			return
+		}
+		if r.Packet.Proto == v1.ProtocolUDP {
+			r.Verdict = VerdictDrop
+			r.step("the userspace proxy cannot serve this UDP flow: no answer")
+		} else {
+			r.Verdict = VerdictReject
+			r.step("the userspace proxy resets the connection")
+		}
+	}
 }

@@ -15,6 +15,9 @@ type Verdict string
 const (
 	// VerdictDNAT: the destination is rewritten to one of the endpoints.
 	VerdictDNAT Verdict = "dnat"
+	// VerdictProxy: the userspace proxy accepts the connection and opens its
+	// own to one of the endpoints.
+	VerdictProxy Verdict = "proxy"
 	// VerdictDrop: the packet is silently discarded.
 	VerdictDrop Verdict = "drop"
 	// VerdictReject: the sender gets an ICMP unreachable (a TCP reset for TCP).
@@ -85,7 +88,7 @@ type Result struct {
 	// Reason is one sentence on why.
 	Reason string `json:"reason"`
 	Match  *Match `json:"match,omitempty"`
-	// Endpoints are the possible destinations, for VerdictDNAT.
+	// Endpoints are the possible destinations, for VerdictDNAT and VerdictProxy.
 	Endpoints []Endpoint `json:"endpoints,omitempty"`
 	Affinity  *Affinity  `json:"affinity,omitempty"`
 	// Masquerade is true when the packet is masqueraded whichever endpoint it
@@ -159,7 +162,7 @@ func WriteText(w io.Writer, r *Result) error {
 		}
 		b.WriteString("\n")
 	}
-	if r.Verdict == VerdictDNAT {
+	if r.Verdict == VerdictDNAT || r.Verdict == VerdictProxy {
 		yes := "no"
 		if r.Masquerade {
 			yes = "yes"

@@ -126,6 +126,9 @@ func testSnapshot(t *testing.T) *model.Snapshot {
 		makeTestService("v6only", "fd00:10:96::19", func(s *v1.Service) {
 			s.Spec.IPFamilies = []v1.IPFamily{v1.IPv6Protocol}
 		}),
+		makeTestService("udp-empty", "10.96.0.21", func(s *v1.Service) {
+			s.Spec.Ports = []v1.ServicePort{{Name: "dns", Port: 53, Protocol: v1.ProtocolUDP}}
+		}),
 		makeTestService("lb-ranges-node", "10.96.0.20", func(s *v1.Service) {
 			lb("198.51.100.3", 30444, false, 0)(s)
 			s.Spec.LoadBalancerSourceRanges = []string{"192.168.0.0/24"}
@@ -375,6 +378,43 @@ func TestFromModel(t *testing.T) {
 		{
 			name: "unserved IPv6 port on a cluster IP is rejected",
 			from: "fd00:10:244::99", to: "[fd00:10:96::19]:443/tcp",
+			wantVerdict: VerdictReject,
+		},
+		{
+			name: "UDP service without endpoints: reject",
+			from: "10.244.0.99", to: "10.96.0.21:53/udp",
+			wantVerdict: VerdictReject, wantService: "ns/udp-empty:dns", wantVia: ViaClusterIP,
+		},
+		{
+			name: "userspace: proxied, the endpoint sees the node",
+			from: "10.244.0.5", to: "10.96.0.10:80/tcp",
+			opts:        func(o *Options) { o.Userspace = true },
+			wantVerdict: VerdictProxy, wantService: "ns/web:http", wantVia: ViaClusterIP, wantPolicy: PolicyCluster,
+			wantEndpoints: []string{"10.244.0.5:8080", "10.244.1.5:8080", "10.244.1.6:8080"},
+			wantMasq:      true, wantReason: "round-robin",
+		},
+		{
+			name: "userspace: no pod short-circuit for ETP Local, the TCP connection is reset",
+			from: "10.244.0.99", to: "198.51.100.1:80/tcp",
+			opts:        func(o *Options) { o.Userspace = true },
+			wantVerdict: VerdictReject, wantService: "ns/lb-local:http", wantVia: ViaLoadBalancer, wantPolicy: PolicyLocal,
+		},
+		{
+			name: "userspace: source range refusal resets TCP",
+			from: "198.18.0.1", to: "198.51.100.2:443/tcp",
+			opts:        func(o *Options) { o.Userspace = true },
+			wantVerdict: VerdictReject, wantService: "ns/lb-ranges:http", wantVia: ViaLoadBalancer,
+		},
+		{
+			name: "userspace: UDP without endpoints gets no answer",
+			from: "10.244.0.99", to: "10.96.0.21:53/udp",
+			opts:        func(o *Options) { o.Userspace = true },
+			wantVerdict: VerdictDrop, wantService: "ns/udp-empty:dns", wantVia: ViaClusterIP,
+		},
+		{
+			name: "userspace: unserved port is refused by the kernel",
+			from: "10.244.0.99", to: "10.96.0.10:81/tcp",
+			opts:        func(o *Options) { o.Userspace = true },
 			wantVerdict: VerdictReject,
 		},
 	}
