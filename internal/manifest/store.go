@@ -1,0 +1,692 @@
+package manifest
+
+import (
+	"cmp"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apivalidation "k8s.io/apimachinery/pkg/api/validation"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/kproxy/kproxy/internal/allocator"
+	"github.com/kproxy/kproxy/internal/validation"
+)
+
+// fileStamp detects a changed file without reading it.
+type fileStamp struct {
+	size  int64
+	mtime time.Time
+	ino   uint64
+	ctime int64
+}
+
+func stampOf(fi fs.FileInfo) fileStamp {
+	s := fileStamp{size: fi.Size(), mtime: fi.ModTime()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		s.ino = st.Ino
+		s.ctime = st.Ctim.Nano()
+	}
+	return s
+}
+
+// fileResult is what one file decoded to; it is kept until the file changes, so
+// that an unchanged file costs a stat per sync and its objects keep their identity.
+type fileResult struct {
+	stamp    fileStamp
+	objects  []*object
+	problems []Problem
+	// broken is set when some document could not be turned into identifiable
+	// objects: the objects the file held before then stay in force.
+	broken bool
+}
+
+// entry is an object in force.
+type entry struct {
+	src *object // the decoded object it came from
+	out any     // the processed object: an allocated *v1.Service, a defaulted *v1.Pod, ...
+}
+
+// store turns the manifest directory into the objects in force: it decodes
+// changed files, validates and allocates changed objects, keeps the last good
+// version of an object whose new version is invalid, and computes endpoints.
+type store struct {
+	dir   string
+	alloc *allocator.Allocator
+	vopts validation.Options
+
+	files    map[string]*fileResult
+	inForce  map[objKey]*entry
+	problems []Problem // of the last sync
+
+	pods       map[string]*podIndex // namespace → index of in-force pods
+	nodeZones  map[string]string
+	selSlices  map[types.NamespacedName][]*discovery.EndpointSlice // computed from pods
+	dirs       []string                                            // directories seen by the last scan
+	initialled bool
+}
+
+func newStore(dir string, alloc *allocator.Allocator) *store {
+	return &store{
+		dir:       dir,
+		alloc:     alloc,
+		files:     map[string]*fileResult{},
+		inForce:   map[objKey]*entry{},
+		pods:      map[string]*podIndex{},
+		nodeZones: map[string]string{},
+		selSlices: map[types.NamespacedName][]*discovery.EndpointSlice{},
+	}
+}
+
+func isManifest(name string) bool {
+	switch strings.ToLower(filepath.Ext(name)) {
+	case ".yaml", ".yml", ".json":
+		return true
+	}
+	return false
+}
+
+// scan walks the directory and decodes the files that are new or changed. It
+// returns whether anything changed, and the directories seen (for the watcher).
+func (s *store) scan() (changed bool, dirs []string, err error) {
+	type job struct {
+		rel   string
+		path  string
+		stamp fileStamp
+		res   *fileResult
+	}
+	var jobs []*job
+	seen := map[string]bool{}
+	err = filepath.WalkDir(s.dir, func(path string, d fs.DirEntry, werr error) error {
+		if werr != nil {
+			if path == s.dir {
+				return werr
+			}
+			return nil // a file removed during the walk
+		}
+		name := d.Name()
+		if path != s.dir && strings.HasPrefix(name, ".") {
+			// Hidden files: editor swap files, and ConfigMap volumes' ..data trees
+			// (their files are reached through the top-level symlinks).
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if d.IsDir() {
+			dirs = append(dirs, path)
+			return nil
+		}
+		if !isManifest(name) {
+			return nil
+		}
+		fi, err := os.Stat(path) // follows symlinks
+		if err != nil || !fi.Mode().IsRegular() {
+			return nil
+		}
+		rel, _ := filepath.Rel(s.dir, path)
+		rel = filepath.ToSlash(rel)
+		seen[rel] = true
+		st := stampOf(fi)
+		if old, ok := s.files[rel]; ok && old.stamp == st {
+			return nil
+		}
+		jobs = append(jobs, &job{rel: rel, path: path, stamp: st})
+		return nil
+	})
+	if err != nil {
+		return false, nil, fmt.Errorf("read manifest directory: %w", err)
+	}
+	for rel := range s.files {
+		if !seen[rel] {
+			delete(s.files, rel)
+			changed = true
+		}
+	}
+	if len(jobs) == 0 {
+		return changed, dirs, nil
+	}
+	// Decode in parallel: YAML decoding dominates a large load.
+	var wg sync.WaitGroup
+	ch := make(chan *job)
+	for range runtime.GOMAXPROCS(0) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range ch {
+				j.res = decodeFile(j.rel, j.path)
+			}
+		}()
+	}
+	for _, j := range jobs {
+		ch <- j
+	}
+	close(ch)
+	wg.Wait()
+	for _, j := range jobs {
+		j.res.stamp = j.stamp
+		s.files[j.rel] = j.res
+	}
+	return true, dirs, nil
+}
+
+func decodeFile(rel, path string) *fileResult {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return &fileResult{broken: true, problems: []Problem{{File: rel, Message: "read: " + err.Error()}}}
+	}
+	res := &fileResult{}
+	for _, d := range splitFile(rel, data) {
+		if d.problem != nil {
+			res.problems = append(res.problems, *d.problem)
+			res.broken = true
+			continue
+		}
+		objs, probs, fatal := decodeDocument(d.document)
+		res.objects = append(res.objects, objs...)
+		res.problems = append(res.problems, probs...)
+		res.broken = res.broken || fatal
+	}
+	return res
+}
+
+type splitDoc struct {
+	document
+	problem *Problem
+}
+
+func splitFile(rel string, data []byte) []splitDoc {
+	var out []splitDoc
+	if strings.EqualFold(filepath.Ext(rel), ".json") {
+		docs, p := splitJSON(rel, data)
+		for _, d := range docs {
+			out = append(out, splitDoc{document: d})
+		}
+		if p != nil {
+			out = append(out, splitDoc{problem: p})
+		}
+		return out
+	}
+	for _, d := range splitYAML(rel, data) {
+		out = append(out, splitDoc{document: d})
+	}
+	return out
+}
+
+// docBytes re-reads the document an object came from, to locate a field's line
+// in it; this only happens for objects with errors.
+func (s *store) docBytes(r ref) []byte {
+	data, err := os.ReadFile(filepath.Join(s.dir, filepath.FromSlash(r.File)))
+	if err != nil {
+		return nil
+	}
+	for _, d := range splitFile(r.File, data) {
+		if d.problem == nil && d.Doc == r.Doc {
+			return d.data
+		}
+	}
+	return nil
+}
+
+// fieldProblems turns field errors on an object into located problems.
+func (s *store) fieldProblems(o *object, errs field.ErrorList) []Problem {
+	var doc []byte
+	var out []Problem
+	for _, e := range errs {
+		p := Problem{File: o.File, Doc: o.Doc, Item: o.Item, Line: o.Line, Kind: o.key.Kind,
+			Namespace: o.key.Namespace, Name: o.key.Name, Field: e.Field, Message: e.ErrorBody()}
+		if doc == nil {
+			doc = s.docBytes(o.ref)
+		}
+		prefix := ""
+		if o.Item > 0 {
+			prefix = fmt.Sprintf("items[%d].", o.Item-1)
+		}
+		// The field may be absent (a required value): fall back to its parent.
+		for path := prefix + e.Field; path != "" && path != strings.TrimSuffix(prefix, "."); path = parentPath(path) {
+			if line, _ := locate(doc, path, nil); line > 0 {
+				p.Line = o.Line + line - 1
+				break
+			}
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func parentPath(p string) string {
+	i := strings.LastIndexAny(p, ".[")
+	if i < 0 {
+		return ""
+	}
+	return p[:i]
+}
+
+// change lists what a sync changed, for the handlers.
+type change struct {
+	services map[types.NamespacedName][2]*v1.Service              // old, new (nil = absent)
+	slices   map[types.NamespacedName][2]*discovery.EndpointSlice // keyed by slice namespace/name
+	node     [2]*v1.Node
+	nodeSet  bool
+}
+
+// sync brings the objects in force up to date with the directory. initial is set
+// for the first sync of a process: allocations saved for services that are gone
+// are released before new services are allocated.
+func (s *store) sync(nodeName string) (*change, error) {
+	_, dirs, err := s.scan()
+	if err != nil {
+		return nil, err
+	}
+	s.dirs = dirs
+	var problems []Problem
+	candidates := map[objKey]*object{}
+	where := map[objKey]*object{}
+	broken := map[string]bool{}
+	files := make([]string, 0, len(s.files))
+	for f := range s.files {
+		files = append(files, f)
+	}
+	slices.Sort(files)
+	for _, f := range files {
+		fr := s.files[f]
+		problems = append(problems, fr.problems...)
+		if fr.broken {
+			broken[f] = true
+		}
+		for _, o := range fr.objects {
+			if first, dup := where[o.key]; dup {
+				problems = append(problems, Problem{File: o.File, Doc: o.Doc, Item: o.Item, Line: o.Line,
+					Kind: o.key.Kind, Namespace: o.key.Namespace, Name: o.key.Name, Field: "metadata.name",
+					Message: fmt.Sprintf("Duplicate value: %q: already defined in %s (document %d)", o.key.Name, first.File, first.Doc)})
+				continue
+			}
+			where[o.key] = o
+			candidates[o.key] = o
+		}
+	}
+
+	// Keys to look at: every candidate and everything in force.
+	keys := make([]objKey, 0, len(candidates)+len(s.inForce))
+	for k := range candidates {
+		keys = append(keys, k)
+	}
+	for k := range s.inForce {
+		if _, ok := candidates[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	slices.SortFunc(keys, func(a, b objKey) int {
+		return cmp.Or(cmp.Compare(kindOrder(a.Kind), kindOrder(b.Kind)), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+
+	if !s.initialled {
+		// Services deleted while kproxy was down free their values; those of a file
+		// that fails to load keep them.
+		s.alloc.Prune(func(k types.NamespacedName, file string) bool {
+			_, ok := candidates[objKey{Kind: KindService, Namespace: k.Namespace, Name: k.Name}]
+			return ok || broken[file]
+		})
+	}
+
+	ch := &change{services: map[types.NamespacedName][2]*v1.Service{}, slices: map[types.NamespacedName][2]*discovery.EndpointSlice{}}
+	d := &delta{ch: ch, dirtyNS: map[string]bool{}, dirtySvc: map[types.NamespacedName]bool{}}
+
+	// Deletions first, so that what they free can be taken by this sync's additions.
+	for _, k := range keys {
+		cur, ok := s.inForce[k]
+		if !ok || candidates[k] != nil {
+			continue
+		}
+		if _, stillThere := s.files[cur.src.File]; stillThere && broken[cur.src.File] {
+			problems = append(problems, retainedProblem(cur.src))
+			continue
+		}
+		s.remove(k, cur, d)
+	}
+	for _, k := range keys {
+		cand := candidates[k]
+		if cand == nil {
+			continue
+		}
+		cur := s.inForce[k]
+		if cur != nil && cur.src == cand {
+			continue
+		}
+		out, errs := s.process(cand)
+		if len(errs) > 0 {
+			problems = append(problems, errs...)
+			if cur != nil {
+				problems = append(problems, retainedProblem(cur.src))
+			}
+			continue
+		}
+		if cur != nil {
+			s.unindex(k, cur, d)
+		}
+		e := &entry{src: cand, out: out}
+		s.inForce[k] = e
+		s.index(k, e, cur, d)
+	}
+	s.initialled = true
+
+	// This node, and the zones of the others for endpoints.
+	var node *v1.Node
+	if d.nodes {
+		s.nodeZones = map[string]string{}
+		for k, e := range s.inForce {
+			if k.Kind == KindNode {
+				n := e.out.(*v1.Node)
+				if z := n.Labels[v1.LabelTopologyZone]; z != "" {
+					s.nodeZones[n.Name] = z
+				}
+			}
+		}
+		// Zones feed every endpoint: recompute them all.
+		for ns := range s.pods {
+			d.dirtyNS[ns] = true
+		}
+	}
+	if e := s.inForce[objKey{Kind: KindNode, Name: nodeName}]; e != nil {
+		node = e.out.(*v1.Node)
+	}
+	ch.node = [2]*v1.Node{nil, node}
+
+	s.recomputeSlices(ch, d.dirtyNS, d.dirtySvc)
+
+	sortProblems(problems)
+	s.problems = problems
+	return ch, nil
+}
+
+func kindOrder(k string) int {
+	switch k {
+	case KindNamespace:
+		return 0
+	case KindNode:
+		return 1
+	case KindService:
+		return 2
+	case KindPod:
+		return 3
+	}
+	return 4
+}
+
+func retainedProblem(o *object) Problem {
+	return Problem{File: o.File, Doc: o.Doc, Item: o.Item, Line: o.Line, Kind: o.key.Kind,
+		Namespace: o.key.Namespace, Name: o.key.Name, Warning: true,
+		Message: "the last good version stays in force until the errors are fixed"}
+}
+
+func sortProblems(ps []Problem) {
+	slices.SortStableFunc(ps, func(a, b Problem) int {
+		return cmp.Or(cmp.Compare(a.File, b.File), cmp.Compare(a.Doc, b.Doc), cmp.Compare(a.Item, b.Item), cmp.Compare(a.Line, b.Line))
+	})
+}
+
+// process defaults and validates one object, and allocates a service's values.
+func (s *store) process(o *object) (any, []Problem) {
+	var errs field.ErrorList
+	switch obj := o.obj.(type) {
+	case *v1.Service:
+		svc := defaultService(obj)
+		if errs = validation.Service(svc, s.vopts); len(errs) == 0 {
+			var out *v1.Service
+			if out, errs = s.alloc.Allocate(svc, o.File); len(errs) == 0 {
+				return out, nil
+			}
+		}
+	case *v1.Pod:
+		pod := defaultPod(obj)
+		if errs = validation.Pod(pod, s.vopts); len(errs) == 0 {
+			return pod, nil
+		}
+	case *discovery.EndpointSlice:
+		if errs = validation.EndpointSlice(obj, s.vopts); len(errs) == 0 {
+			if _, ok := obj.Labels[discovery.LabelServiceName]; !ok {
+				return nil, []Problem{{File: o.File, Doc: o.Doc, Item: o.Item, Line: o.Line, Kind: o.key.Kind,
+					Namespace: o.key.Namespace, Name: o.key.Name, Field: "metadata.labels",
+					Message: "Required value: the " + discovery.LabelServiceName + " label names the service the slice belongs to"}}
+			}
+			return obj, nil
+		}
+	case *v1.Endpoints:
+		if errs = validateEndpoints(obj); len(errs) == 0 {
+			return obj, nil
+		}
+	case *v1.Node:
+		if errs = validation.Node(obj, s.vopts); len(errs) == 0 {
+			return obj, nil
+		}
+	case *v1.Namespace:
+		errs = apivalidation.ValidateObjectMeta(&obj.ObjectMeta, false, apivalidation.ValidateNamespaceName, field.NewPath("metadata"))
+		if len(errs) == 0 {
+			return obj, nil
+		}
+	default:
+		return nil, []Problem{{File: o.File, Doc: o.Doc, Message: fmt.Sprintf("unexpected object %T", o.obj)}}
+	}
+	return nil, s.fieldProblems(o, errs)
+}
+
+// remove takes an object out of force.
+// delta collects what one sync changed.
+type delta struct {
+	ch       *change
+	dirtyNS  map[string]bool               // namespaces whose pods changed
+	dirtySvc map[types.NamespacedName]bool // services that changed
+	nodes    bool                          // some Node changed
+}
+
+func (s *store) remove(k objKey, cur *entry, d *delta) {
+	ch := d.ch
+	s.unindex(k, cur, d)
+	delete(s.inForce, k)
+	switch k.Kind {
+	case KindService:
+		name := types.NamespacedName{Namespace: k.Namespace, Name: k.Name}
+		s.alloc.Release(name)
+		old := cur.out.(*v1.Service)
+		ch.services[name] = [2]*v1.Service{old, nil}
+	case KindEndpointSlice:
+		name := types.NamespacedName{Namespace: k.Namespace, Name: k.Name}
+		ch.slices[name] = [2]*discovery.EndpointSlice{cur.out.(*discovery.EndpointSlice), nil}
+	case KindEndpoints:
+		for _, sl := range endpointsSlices(cur.out.(*v1.Endpoints)) {
+			name := types.NamespacedName{Namespace: sl.Namespace, Name: sl.Name}
+			ch.slices[name] = [2]*discovery.EndpointSlice{sl, nil}
+		}
+	}
+}
+
+// unindex drops an in-force object from the derived indexes before it is replaced or removed.
+func (s *store) unindex(k objKey, cur *entry, d *delta) {
+	switch k.Kind {
+	case KindPod:
+		if ix := s.pods[k.Namespace]; ix != nil {
+			ix.remove(cur.out.(*v1.Pod))
+		}
+		d.dirtyNS[k.Namespace] = true
+	case KindService:
+		d.dirtySvc[types.NamespacedName{Namespace: k.Namespace, Name: k.Name}] = true
+	case KindNode:
+		d.nodes = true
+	}
+}
+
+// index records a new in-force object and the change it makes.
+func (s *store) index(k objKey, e *entry, prev *entry, d *delta) {
+	ch := d.ch
+	name := types.NamespacedName{Namespace: k.Namespace, Name: k.Name}
+	switch k.Kind {
+	case KindPod:
+		ix := s.pods[k.Namespace]
+		if ix == nil {
+			ix = newPodIndex()
+			s.pods[k.Namespace] = ix
+		}
+		ix.add(e.out.(*v1.Pod))
+		d.dirtyNS[k.Namespace] = true
+	case KindService:
+		var old *v1.Service
+		if prev != nil {
+			old = prev.out.(*v1.Service)
+		}
+		if c, ok := ch.services[name]; ok {
+			old = c[0]
+		}
+		ch.services[name] = [2]*v1.Service{old, e.out.(*v1.Service)}
+		d.dirtySvc[name] = true
+	case KindEndpointSlice:
+		var old *discovery.EndpointSlice
+		if prev != nil {
+			old = prev.out.(*discovery.EndpointSlice)
+		}
+		ch.slices[name] = [2]*discovery.EndpointSlice{old, e.out.(*discovery.EndpointSlice)}
+	case KindEndpoints:
+		if prev != nil {
+			for _, sl := range endpointsSlices(prev.out.(*v1.Endpoints)) {
+				n := types.NamespacedName{Namespace: sl.Namespace, Name: sl.Name}
+				ch.slices[n] = [2]*discovery.EndpointSlice{sl, nil}
+			}
+		}
+		for _, sl := range endpointsSlices(e.out.(*v1.Endpoints)) {
+			n := types.NamespacedName{Namespace: sl.Namespace, Name: sl.Name}
+			old := ch.slices[n][0]
+			ch.slices[n] = [2]*discovery.EndpointSlice{old, sl}
+		}
+	case KindNode:
+		d.nodes = true
+	}
+}
+
+// recomputeSlices recomputes the pod-derived slices of the services that changed
+// and of every selector service in a namespace whose pods changed.
+func (s *store) recomputeSlices(ch *change, dirtyNS map[string]bool, dirtySvc map[types.NamespacedName]bool) {
+	todo := map[types.NamespacedName]bool{}
+	for n := range dirtySvc {
+		todo[n] = true
+	}
+	if len(dirtyNS) > 0 {
+		for k, e := range s.inForce {
+			if k.Kind == KindService && dirtyNS[k.Namespace] && len(e.out.(*v1.Service).Spec.Selector) > 0 {
+				todo[types.NamespacedName{Namespace: k.Namespace, Name: k.Name}] = true
+			}
+		}
+	}
+	zoneOf := func(node string) string { return s.nodeZones[node] }
+	for name := range todo {
+		var fresh []*discovery.EndpointSlice
+		if e := s.inForce[objKey{Kind: KindService, Namespace: name.Namespace, Name: name.Name}]; e != nil {
+			svc := e.out.(*v1.Service)
+			if len(svc.Spec.Selector) > 0 && svc.Spec.Type != v1.ServiceTypeExternalName {
+				var pods []*v1.Pod
+				if ix := s.pods[name.Namespace]; ix != nil {
+					pods = ix.match(svc.Spec.Selector)
+				}
+				fresh = selectorSlices(svc, pods, zoneOf)
+			}
+		}
+		old := s.selSlices[name]
+		byName := map[string]*discovery.EndpointSlice{}
+		for _, sl := range old {
+			byName[sl.Name] = sl
+		}
+		for _, sl := range fresh {
+			n := types.NamespacedName{Namespace: sl.Namespace, Name: sl.Name}
+			prev := byName[sl.Name]
+			delete(byName, sl.Name)
+			if prev != nil && equality.Semantic.DeepEqual(prev, sl) {
+				continue
+			}
+			ch.slices[n] = [2]*discovery.EndpointSlice{prev, sl}
+		}
+		for _, sl := range byName {
+			ch.slices[types.NamespacedName{Namespace: sl.Namespace, Name: sl.Name}] = [2]*discovery.EndpointSlice{sl, nil}
+		}
+		if len(fresh) == 0 {
+			delete(s.selSlices, name)
+		} else {
+			s.selSlices[name] = fresh
+		}
+	}
+}
+
+// defaultService applies the API server's defaults for the fields kproxy reads.
+func defaultService(in *v1.Service) *v1.Service {
+	svc := in.DeepCopy()
+	spec := &svc.Spec
+	if spec.Type == "" {
+		spec.Type = v1.ServiceTypeClusterIP
+	}
+	if spec.SessionAffinity == "" {
+		spec.SessionAffinity = v1.ServiceAffinityNone
+	}
+	if spec.SessionAffinity == v1.ServiceAffinityClientIP {
+		if c := spec.SessionAffinityConfig; c == nil || c.ClientIP == nil || c.ClientIP.TimeoutSeconds == nil {
+			t := v1.DefaultClientIPServiceAffinitySeconds
+			spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: &t}}
+		}
+	}
+	for i := range spec.Ports {
+		p := &spec.Ports[i]
+		if p.Protocol == "" {
+			p.Protocol = v1.ProtocolTCP
+		}
+		if p.TargetPort == intstr.FromInt32(0) || p.TargetPort == intstr.FromString("") {
+			p.TargetPort = intstr.FromInt32(p.Port)
+		}
+	}
+	external := spec.Type == v1.ServiceTypeNodePort || spec.Type == v1.ServiceTypeLoadBalancer
+	if spec.ExternalTrafficPolicy == "" && (external || len(spec.ExternalIPs) > 0) {
+		spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyCluster
+	}
+	if spec.InternalTrafficPolicy == nil && spec.Type != v1.ServiceTypeExternalName {
+		p := v1.ServiceInternalTrafficPolicyCluster
+		spec.InternalTrafficPolicy = &p
+	}
+	if spec.Type == v1.ServiceTypeLoadBalancer && spec.AllocateLoadBalancerNodePorts == nil {
+		t := true
+		spec.AllocateLoadBalancerNodePorts = &t
+	}
+	if len(spec.ClusterIPs) == 0 && spec.ClusterIP != "" {
+		spec.ClusterIPs = []string{spec.ClusterIP}
+	} else if spec.ClusterIP == "" && len(spec.ClusterIPs) > 0 {
+		spec.ClusterIP = spec.ClusterIPs[0]
+	}
+	return svc
+}
+
+// defaultPod applies the defaults kproxy depends on: container port protocols
+// (a named targetPort matches on protocol) and podIPs from podIP.
+func defaultPod(in *v1.Pod) *v1.Pod {
+	pod := in.DeepCopy()
+	for _, cs := range [][]v1.Container{pod.Spec.Containers, pod.Spec.InitContainers} {
+		for i := range cs {
+			for j := range cs[i].Ports {
+				if cs[i].Ports[j].Protocol == "" {
+					cs[i].Ports[j].Protocol = v1.ProtocolTCP
+				}
+			}
+		}
+	}
+	if pod.Status.PodIP != "" && (len(pod.Status.PodIPs) == 0 || pod.Status.PodIPs[0].IP != pod.Status.PodIP) {
+		pod.Status.PodIPs = []v1.PodIP{{IP: pod.Status.PodIP}}
+	} else if pod.Status.PodIP == "" && len(pod.Status.PodIPs) > 0 {
+		pod.Status.PodIP = pod.Status.PodIPs[0].IP
+	}
+	return pod
+}
