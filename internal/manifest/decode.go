@@ -10,10 +10,10 @@ import (
 	"strconv"
 	"strings"
 
+	yamlv3 "go.yaml.in/yaml/v3"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	yamlv3 "go.yaml.in/yaml/v3"
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
@@ -190,7 +190,7 @@ func decodeDocument(d document) (objs []*object, probs []Problem, fatal bool) {
 		j, err = yaml.YAMLToJSONStrict(d.data)
 		if err != nil {
 			msg := strings.TrimPrefix(err.Error(), "error converting YAML to JSON: ")
-		msg = strings.Join(strings.Fields(strings.Replace(msg, "unmarshal errors:\n", "", 1)), " ")
+			msg = strings.Join(strings.Fields(strings.Replace(msg, "unmarshal errors:\n", "", 1)), " ")
 			p := Problem{File: d.File, Doc: d.Doc, Line: d.Line, Message: "invalid YAML: " + msg}
 			if m := yamlLine.FindStringSubmatchIndex(msg); m != nil {
 				n, _ := strconv.Atoi(msg[m[2]:m[3]])

@@ -450,4 +450,3 @@ func Load(cfg Config) (*Result, error) {
 	slices.SortFunc(r.Namespaces, func(a, b *v1.Namespace) int { return cmp.Compare(a.Name, b.Name) })
 	return r, nil
 }
-
