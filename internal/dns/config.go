@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -81,7 +82,7 @@ func upstreamAddr(s string) string {
 // Validate reports the first invalid field.
 func (c *Config) Validate() error {
 	var errs []error
-	if _, _, err := net.SplitHostPort(c.BindAddress); err != nil {
+	if err := validHostPort(c.BindAddress); err != nil {
 		errs = append(errs, fmt.Errorf("dns bind address %q: %w", c.BindAddress, err))
 	}
 	if _, err := wireName(c.ClusterDomain); err != nil || strings.Trim(c.ClusterDomain, ".") == "" {
@@ -94,7 +95,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("dns upstream timeout %v must be positive", c.UpstreamTimeout))
 	}
 	if c.Upstream != "" {
-		if _, _, err := net.SplitHostPort(c.Upstream); err != nil {
+		if err := validHostPort(c.Upstream); err != nil {
 			errs = append(errs, fmt.Errorf("dns upstream %q: %w", c.Upstream, err))
 		}
 	}
@@ -102,4 +103,22 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("dns udp sockets %d must be between 1 and 64", c.UDPSockets))
 	}
 	return errors.Join(errs...)
+}
+
+// validHostPort checks a "host:port" with a numeric port and, when the host has
+// colons, an IPv6 address.
+func validHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return err
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || (p == 0 && port != "0") {
+		return fmt.Errorf("invalid port %q", port)
+	}
+	if strings.Contains(host, ":") {
+		if _, err := netip.ParseAddr(host); err != nil {
+			return fmt.Errorf("invalid host %q: %w", host, err)
+		}
+	}
+	return nil
 }

@@ -423,11 +423,12 @@ func TestTruncation(t *testing.T) {
 // startUpstream runs a miekg/dns server on loopback that plays an outside resolver.
 func startUpstream(t *testing.T) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	// TCP first: on a busy machine TIME_WAIT connections hold many TCP ports.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", pc.LocalAddr().String())
+	pc, err := net.ListenPacket("udp", l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -150,10 +150,10 @@ func (s *Server) Start() error {
 	if err != nil {
 		return fmt.Errorf("dns bind address: %w", err)
 	}
-	// With port 0 the kernel picks the UDP port; TCP may find it taken, so retry.
+	// With port 0 the kernel picks the TCP port; UDP may find it taken, so retry.
 	for attempt := 0; ; attempt++ {
 		err = s.listen(host, port)
-		if err == nil || port != "0" || attempt == 9 {
+		if err == nil || port != "0" || attempt == 19 {
 			break
 		}
 	}
@@ -173,21 +173,30 @@ func (s *Server) Start() error {
 	return nil
 }
 
-// listen opens cfg.UDPSockets UDP sockets sharing one port with SO_REUSEPORT (the
-// kernel spreads clients over them, so each core reads its own socket) and a TCP
-// listener on the same port. On failure everything opened is closed.
+// listen opens a TCP listener and cfg.UDPSockets UDP sockets sharing its port
+// with SO_REUSEPORT (the kernel spreads clients over them, so each core reads its
+// own socket). TCP is bound first: on a busy machine most TCP ports can be held
+// by TIME_WAIT connections, which a UDP-chosen port would collide with. On
+// failure everything opened is closed.
 func (s *Server) listen(host, port string) error {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, port))
+	if err != nil {
+		return fmt.Errorf("dns listen tcp %s: %w", net.JoinHostPort(host, port), err)
+	}
+	if tcpAddr, ok := l.Addr().(*net.TCPAddr); ok {
+		port = strconv.Itoa(tcpAddr.Port)
+	}
 	lc := net.ListenConfig{Control: reusePort}
-	ctx := context.Background()
 	var udp []*net.UDPConn
 	fail := func(err error) error {
 		for _, c := range udp {
 			_ = c.Close()
 		}
+		_ = l.Close()
 		return err
 	}
 	for i := 0; i < s.cfg.UDPSockets; i++ {
-		pc, err := lc.ListenPacket(ctx, "udp", net.JoinHostPort(host, port))
+		pc, err := lc.ListenPacket(context.Background(), "udp", net.JoinHostPort(host, port))
 		if err != nil {
 			return fail(fmt.Errorf("dns listen udp %s: %w", net.JoinHostPort(host, port), err))
 		}
@@ -197,13 +206,6 @@ func (s *Server) listen(host, port string) error {
 			return fail(fmt.Errorf("dns listen udp: unexpected %T", pc))
 		}
 		udp = append(udp, c)
-		if port == "0" {
-			port = strconv.Itoa(c.LocalAddr().(*net.UDPAddr).Port)
-		}
-	}
-	l, err := net.Listen("tcp", net.JoinHostPort(host, port))
-	if err != nil {
-		return fail(fmt.Errorf("dns listen tcp %s: %w", net.JoinHostPort(host, port), err))
 	}
 	s.udp, s.tcp = udp, l
 	return nil
