@@ -1,0 +1,93 @@
+package nftables
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"log/slog"
+	"regexp"
+
+	v1 "k8s.io/api/core/v1"
+)
+
+// Config is the nftables data plane's configuration.
+type Config struct {
+	// TableName names kproxy's tables (one "ip" and one "ip6" table). Default "kproxy".
+	TableName string
+	// IPFamilies are the families to program. Default: IPv4 and IPv6.
+	IPFamilies []v1.IPFamily
+	// ClusterCIDRs are the pod CIDRs (--cluster-cidr). Traffic to a cluster IP from a
+	// source outside them is masqueraded so that replies come back through this node.
+	// Empty: no source-based masquerade (kube-proxy does the same without --cluster-cidr).
+	ClusterCIDRs []netip.Prefix
+	// MasqueradeAll masquerades all traffic to service frontends.
+	MasqueradeAll bool
+	// NodePortAddresses restricts NodePorts to node addresses within these CIDRs.
+	// Empty: every local address except loopback.
+	NodePortAddresses []netip.Prefix
+	// LocalhostNodePorts also serves IPv4 NodePorts on 127.0.0.0/8. It needs, and
+	// therefore sets, net.ipv4.conf.all.route_localnet=1 (see CVE-2020-8558); off by default.
+	LocalhostNodePorts bool
+	// MasqueradeBit is the packet mark bit (0-31) that flags a connection for
+	// masquerade between the DNAT and the SNAT hooks. Default 14 (0x4000, kube-proxy's).
+	MasqueradeBit int
+	// NetNSPath, if set, programs the network namespace at that path (for example
+	// /run/netns/x or /proc/PID/ns/net) instead of the caller's.
+	NetNSPath string
+	// ConntrackCleanup deletes stale UDP conntrack entries; default true.
+	ConntrackCleanup *bool
+	// Logger receives one line per sync; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Defaults fills unset fields.
+func (c *Config) Defaults() {
+	if c.TableName == "" {
+		c.TableName = "kproxy"
+	}
+	if len(c.IPFamilies) == 0 {
+		c.IPFamilies = []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}
+	}
+	if c.MasqueradeBit == 0 {
+		c.MasqueradeBit = 14
+	}
+	if c.ConntrackCleanup == nil {
+		t := true
+		c.ConntrackCleanup = &t
+	}
+}
+
+var tableNameRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]{0,31}$`)
+
+// Validate reports configuration errors.
+func (c *Config) Validate() error {
+	var errs []error
+	if !tableNameRE.MatchString(c.TableName) {
+		errs = append(errs, fmt.Errorf("table name %q: want letters, digits, '_' or '-', at most 32", c.TableName))
+	}
+	for _, f := range c.IPFamilies {
+		if f != v1.IPv4Protocol && f != v1.IPv6Protocol {
+			errs = append(errs, fmt.Errorf("unknown IP family %q", f))
+		}
+	}
+	if c.MasqueradeBit < 0 || c.MasqueradeBit > 31 {
+		errs = append(errs, fmt.Errorf("masquerade bit %d: want 0-31", c.MasqueradeBit))
+	}
+	for _, p := range append(append([]netip.Prefix{}, c.ClusterCIDRs...), c.NodePortAddresses...) {
+		if !p.IsValid() {
+			errs = append(errs, fmt.Errorf("invalid CIDR %v", p))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) masqMark() uint32 { return 1 << uint(c.MasqueradeBit) }
+
+func (c *Config) hasFamily(f v1.IPFamily) bool {
+	for _, x := range c.IPFamilies {
+		if x == f {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,566 @@
+package nftables
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netns"
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/kproxy/kproxy/internal/conntrack"
+	"github.com/kproxy/kproxy/internal/metrics"
+	"github.com/kproxy/kproxy/internal/model"
+)
+
+// Proxier is the nftables data plane: it makes kproxy's tables match the model.
+type Proxier struct {
+	cfg Config
+	m   *metrics.Metrics
+	k   kernel
+	ct  conntrack.Cleaner
+	log *slog.Logger
+
+	mu       sync.Mutex
+	fams     []family
+	stores   map[family]*store
+	ports    map[model.ServicePortName]*portRecord
+	chains   map[family]map[string]bool // chains the kernel has, after the last success
+	sets     map[family]map[string]bool
+	needFull bool
+}
+
+// portRecord is a service port as last programmed.
+type portRecord struct {
+	pv      *model.PortView
+	contrib map[family]contribution
+}
+
+// New returns a Proxier that programs the kernel over netlink.
+func New(cfg Config, m *metrics.Metrics) (*Proxier, error) {
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("nftables config: %w", err)
+	}
+	k, err := newNetlinkKernel(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	var ct conntrack.Cleaner
+	if *cfg.ConntrackCleanup {
+		n, err := conntrack.NewNetlink(cfg.NetNSPath)
+		if err != nil {
+			k.Close()
+			return nil, err
+		}
+		ct = n
+	}
+	if cfg.LocalhostNodePorts && cfg.hasFamily(v1.IPv4Protocol) {
+		// NodePorts on 127.0.0.1 are DNATed to pod addresses; the kernel drops
+		// such "martian" packets unless route_localnet is on. It exposes
+		// 127.0.0.1-bound services to neighbours (CVE-2020-8558), hence opt-in.
+		if err := setSysctl(cfg.NetNSPath, "net/ipv4/conf/all/route_localnet", "1"); err != nil {
+			k.Close()
+			return nil, err
+		}
+	}
+	return newProxier(cfg, m, k, ct), nil
+}
+
+// NewFake returns a Proxier over an in-memory kernel, for tests of other packages.
+func NewFake(cfg Config, m *metrics.Metrics) (*Proxier, *Fake, error) {
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, nil, fmt.Errorf("nftables config: %w", err)
+	}
+	f := NewFakeKernel()
+	return newProxier(cfg, m, f, &conntrack.Fake{}), f, nil
+}
+
+func newProxier(cfg Config, m *metrics.Metrics, k kernel, ct conntrack.Cleaner) *Proxier {
+	p := &Proxier{
+		cfg: cfg, m: m, k: k, ct: ct,
+		log:    cfg.Logger,
+		stores: map[family]*store{},
+		ports:  map[model.ServicePortName]*portRecord{},
+		chains: map[family]map[string]bool{},
+		sets:   map[family]map[string]bool{},
+	}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	p.log = p.log.With("dataplane", "nftables", "table", cfg.TableName)
+	for _, f := range []family{ipv4, ipv6} {
+		if cfg.hasFamily(f.v1) {
+			p.fams = append(p.fams, f)
+		}
+	}
+	p.needFull = true
+	return p
+}
+
+func setSysctl(nsPath, key, value string) error {
+	write := func() error {
+		if err := os.WriteFile("/proc/sys/"+key, []byte(value), 0o644); err != nil {
+			return fmt.Errorf("set sysctl %s: %w", strings.ReplaceAll(key, "/", "."), err)
+		}
+		return nil
+	}
+	if nsPath == "" {
+		return write()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		// The thread enters the namespace and is never unlocked, so the Go
+		// runtime retires it instead of reusing it elsewhere.
+		runtime.LockOSThread()
+		ns, err := netns.GetFromPath(nsPath)
+		if err != nil {
+			errc <- fmt.Errorf("open network namespace: %w", err)
+			return
+		}
+		defer ns.Close()
+		if err := netns.Set(ns); err != nil {
+			errc <- fmt.Errorf("enter network namespace: %w", err)
+			return
+		}
+		errc <- write()
+	}()
+	return <-errc
+}
+
+// Close releases kproxy's netlink sockets. The rules stay in the kernel so that
+// a restarted kproxy takes over without a gap.
+func (p *Proxier) Close() error {
+	if c, ok := p.ct.(*conntrack.Netlink); ok {
+		c.Close()
+	}
+	return p.k.Close()
+}
+
+// Cleanup removes kproxy's tables ("kproxy cleanup").
+func Cleanup(ctx context.Context, cfg Config) error {
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("nftables config: %w", err)
+	}
+	k, err := newNetlinkKernel(&cfg)
+	if err != nil {
+		return err
+	}
+	defer k.Close()
+	return k.Remove(ctx, []family{ipv4, ipv6})
+}
+
+// Dump returns kproxy's tables as the kernel has them, sets decoded.
+func (p *Proxier) Dump(ctx context.Context) (string, error) {
+	return p.k.Dump(ctx, p.fams)
+}
+
+// Tables reads kproxy's tables back from the kernel, one per family.
+func (p *Proxier) Tables(ctx context.Context) ([]*Table, error) {
+	var out []*Table
+	for _, f := range p.fams {
+		t, err := p.k.Read(ctx, f)
+		if err != nil {
+			return nil, err
+		}
+		if t != nil {
+			out = append(out, t)
+		}
+	}
+	return out, nil
+}
+
+// States reads and decodes kproxy's tables: the input of a Tracer.
+func (p *Proxier) States(ctx context.Context) ([]*State, error) {
+	ts, err := p.Tables(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*State, 0, len(ts))
+	for _, t := range ts {
+		st, err := t.Decode()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// Config returns the effective configuration.
+func (p *Proxier) Config() Config { return p.cfg }
+
+// Sync makes the kernel match snap. full rewrites everything (first sync,
+// periodic resync, after a failure); otherwise only snap.Changed is rewritten.
+// On error the previous rules stay in force and the next sync is full.
+func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, full bool) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	start := time.Now()
+	full = full || p.needFull
+	var err error
+	var changed int
+	if full {
+		changed, err = p.syncFull(ctx, snap)
+	} else {
+		changed, err = p.syncPartial(ctx, snap)
+	}
+	d := time.Since(start)
+	if err != nil {
+		p.needFull = true
+		if p.m != nil {
+			p.m.SyncFailuresTotal.Inc()
+			p.m.NFTablesSyncFailuresTotal.Inc()
+			if IsTransactionError(err) {
+				p.m.IPTablesRestoreFailuresTotal.Inc()
+			}
+		}
+		p.log.Error("sync failed; previous rules stay in force, next sync is full", "full", full, "err", err)
+		return err
+	}
+	p.needFull = false
+	p.m.ObserveSync(full, d)
+	if p.m != nil {
+		now := time.Now()
+		for _, t := range snap.TriggerTimes {
+			p.m.NetworkProgrammingLatency.Observe(now.Sub(t).Seconds())
+		}
+		p.recordNoLocal(snap)
+	}
+	lvl := slog.LevelDebug
+	if full {
+		lvl = slog.LevelInfo
+	}
+	p.log.Log(ctx, lvl, "synced", "full", full, "ports", len(snap.Ports), "changed", changed, "took", d)
+	return nil
+}
+
+func (p *Proxier) recordNoLocal(snap *model.Snapshot) {
+	for _, f := range p.fams {
+		var itp, etp int
+		for _, pv := range snap.Ports {
+			if pv.InternalPolicyLocal && len(model.ByFamily(pv.Local, f.v1)) == 0 {
+				itp++
+			}
+			if pv.ExternalPolicyLocal && len(model.ByFamily(pv.Local, f.v1)) == 0 {
+				etp++
+			}
+		}
+		p.m.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues("internal", string(f.v1)).Set(float64(itp))
+		p.m.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues("external", string(f.v1)).Set(float64(etp))
+	}
+}
+
+func (p *Proxier) buildRecord(pv *model.PortView) *portRecord {
+	rec := &portRecord{pv: pv, contrib: map[family]contribution{}}
+	for _, f := range p.fams {
+		rec.contrib[f] = buildPort(&p.cfg, f, pv)
+	}
+	return rec
+}
+
+func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, error) {
+	records := make(map[model.ServicePortName]*portRecord, len(snap.Ports))
+	stores := map[family]*store{}
+	for _, f := range p.fams {
+		stores[f] = newStore()
+	}
+	for name, pv := range snap.Ports {
+		rec := p.buildRecord(pv)
+		records[name] = rec
+		for _, f := range p.fams {
+			stores[f].apply(rec.contrib[f], true)
+		}
+	}
+	tx := &transaction{cfg: &p.cfg}
+	chains, sets := map[family]map[string]bool{}, map[family]map[string]bool{}
+	for _, f := range p.fams {
+		t, err := p.k.Read(ctx, f)
+		if err != nil {
+			return 0, fmt.Errorf("read %s table: %w", f, err)
+		}
+		ft, ch, se := p.planFull(f, t, stores[f])
+		tx.fams = append(tx.fams, ft)
+		chains[f], sets[f] = ch, se
+	}
+	if err := p.k.Apply(ctx, tx); err != nil {
+		return 0, err
+	}
+	for _, f := range p.fams {
+		stores[f].commit()
+	}
+	old := p.ports
+	p.stores, p.ports, p.chains, p.sets = stores, records, chains, sets
+	p.cleanupConntrack(old, records, nil)
+	return len(records), nil
+}
+
+// planFull plans a full sync of one family against what the kernel has.
+func (p *Proxier) planFull(f family, t *Table, st *store) (*familyTx, map[string]bool, map[string]bool) {
+	ft := &familyTx{fam: f}
+	wantChains := map[string]bool{}
+	for _, c := range staticChains(&p.cfg) {
+		wantChains[c] = true
+	}
+	wantSets := map[string]setSpec{}
+	for _, s := range staticSets {
+		wantSets[s.name] = s
+	}
+	for c := range st.classes() {
+		wantChains[c.chain()] = true
+		s := backendsSpec(c.n)
+		wantSets[s.name] = s
+	}
+	have := map[string]map[string]Element{}
+	if t == nil {
+		t = &Table{Chains: map[string]ChainInfo{}, Sets: map[string]*SetData{}}
+	}
+	// Every chain is rewritten: flushing drops the rules' references to sets,
+	// and the same transaction adds them back, so packets never see a gap.
+	ft.flushChains = sortedKeys(t.Chains)
+	existingChains := map[string]bool{}
+	for name, ci := range t.Chains {
+		if !wantChains[name] {
+			ft.delChains = append(ft.delChains, name)
+			continue
+		}
+		if !chainMatches(name, ci) {
+			ft.delChainsEarly = append(ft.delChainsEarly, name)
+			continue
+		}
+		existingChains[name] = true
+	}
+	existingSets := map[string]bool{}
+	for name, sd := range t.Sets {
+		spec, ok := wantSets[name]
+		if !ok {
+			ft.delSets = append(ft.delSets, name)
+			continue
+		}
+		if sd.KeyLen != spec.keyLen(f) || sd.DataLen != spec.dataLen(f) && !spec.verdict {
+			ft.delSetsEarly = append(ft.delSetsEarly, name)
+			continue
+		}
+		existingSets[name] = true
+		if spec.dynamic {
+			continue // the kernel's to fill
+		}
+		m := make(map[string]Element, len(sd.Elements))
+		for _, e := range sd.Elements {
+			m[e.id()] = e
+		}
+		have[name] = m
+	}
+	st.setHave(have)
+	for _, name := range sortedKeys(wantSets) {
+		if !existingSets[name] {
+			ft.newSets = append(ft.newSets, wantSets[name])
+		}
+	}
+	for _, name := range sortedKeys(wantChains) {
+		if !existingChains[name] {
+			ft.newChains = append(ft.newChains, name)
+		}
+		ft.ruleChains = append(ft.ruleChains, name)
+	}
+	ft.dels, ft.adds = st.diff()
+	sets := map[string]bool{}
+	for name := range wantSets {
+		sets[name] = true
+	}
+	return ft, wantChains, sets
+}
+
+func chainMatches(name string, ci ChainInfo) bool {
+	for _, b := range baseChains {
+		if b.name == name {
+			return ci.Hook == hookName(b.hook) && ci.Priority == b.prio && ci.Type == string(b.typ)
+		}
+	}
+	return ci.Hook == ""
+}
+
+func (p *Proxier) syncPartial(ctx context.Context, snap *model.Snapshot) (int, error) {
+	records := map[model.ServicePortName]*portRecord{}
+	for name := range snap.Changed {
+		old := p.ports[name]
+		pv := snap.Ports[name]
+		var rec *portRecord
+		if pv != nil {
+			rec = p.buildRecord(pv)
+		}
+		records[name] = rec
+		for _, f := range p.fams {
+			if old != nil {
+				p.stores[f].apply(old.contrib[f], false)
+			}
+			if rec != nil {
+				p.stores[f].apply(rec.contrib[f], true)
+			}
+		}
+	}
+	tx := &transaction{cfg: &p.cfg}
+	newChains, newSets := map[family]map[string]bool{}, map[family]map[string]bool{}
+	for _, f := range p.fams {
+		ft := &familyTx{fam: f}
+		st := p.stores[f]
+		wantChains := map[string]bool{}
+		wantSets := map[string]bool{}
+		for _, c := range staticChains(&p.cfg) {
+			wantChains[c] = true
+		}
+		for _, s := range staticSets {
+			wantSets[s.name] = true
+		}
+		for c := range st.classes() {
+			wantChains[c.chain()] = true
+			wantSets[backendsSpec(c.n).name] = true
+		}
+		for _, name := range sortedKeys(wantSets) {
+			if !p.sets[f][name] {
+				spec, _ := specFor(name)
+				ft.newSets = append(ft.newSets, spec)
+			}
+		}
+		for _, name := range sortedKeys(wantChains) {
+			if !p.chains[f][name] {
+				ft.newChains = append(ft.newChains, name)
+				ft.ruleChains = append(ft.ruleChains, name)
+			}
+		}
+		for _, name := range sortedKeys(p.chains[f]) {
+			if !wantChains[name] {
+				ft.delChains = append(ft.delChains, name)
+			}
+		}
+		for _, name := range sortedKeys(p.sets[f]) {
+			if !wantSets[name] {
+				ft.delSets = append(ft.delSets, name)
+			}
+		}
+		ft.dels, ft.adds = st.diff()
+		tx.fams = append(tx.fams, ft)
+		newChains[f], newSets[f] = wantChains, wantSets
+	}
+	if err := p.k.Apply(ctx, tx); err != nil {
+		return 0, err
+	}
+	for _, f := range p.fams {
+		p.stores[f].commit()
+	}
+	p.chains, p.sets = newChains, newSets
+	old := map[model.ServicePortName]*portRecord{}
+	for name, rec := range records {
+		old[name] = p.ports[name]
+		if rec == nil {
+			delete(p.ports, name)
+		} else {
+			p.ports[name] = rec
+		}
+	}
+	p.cleanupConntrack(old, records, snap.Changed)
+	return len(records), nil
+}
+
+// cleanupConntrack deletes UDP conntrack entries made stale by the sync: those
+// pointing at endpoints that are gone, and those created while a frontend had no
+// endpoints (which would otherwise keep being rejected or blackholed).
+func (p *Proxier) cleanupConntrack(old, cur map[model.ServicePortName]*portRecord, only map[model.ServicePortName]struct{}) {
+	if p.ct == nil {
+		return
+	}
+	var filters []conntrack.Filter
+	consider := func(name model.ServicePortName) {
+		o, n := old[name], cur[name]
+		if o == nil || o.pv.Protocol != v1.ProtocolUDP {
+			return // a new port has nothing stale; TCP and SCTP connections fail on their own
+		}
+		var nInternal, nExternal []*model.Endpoint
+		if n != nil {
+			nInternal, nExternal = n.pv.InternalEndpoints(), n.pv.ExternalEndpoints()
+		}
+		filters = append(filters, staleFilters(o.pv, o.pv.InternalEndpoints(), nInternal, internalFrontends(o.pv))...)
+		filters = append(filters, staleFilters(o.pv, o.pv.ExternalEndpoints(), nExternal, externalFrontends(o.pv))...)
+	}
+	if only != nil {
+		for name := range only {
+			consider(name)
+		}
+	} else {
+		for name := range old {
+			consider(name)
+		}
+	}
+	if len(filters) == 0 {
+		return
+	}
+	n, err := p.ct.Delete(filters)
+	if p.m != nil {
+		p.m.ConntrackCleanupEntriesTotal.Add(float64(n))
+		if err != nil {
+			p.m.ConntrackCleanupFailuresTotal.Inc()
+		}
+	}
+	if err != nil {
+		p.log.Warn("conntrack cleanup failed", "err", err)
+	}
+}
+
+type ctFrontend struct {
+	addr netip.Addr // invalid for NodePorts
+	port uint16
+}
+
+func internalFrontends(pv *model.PortView) []ctFrontend {
+	var out []ctFrontend
+	for _, ip := range pv.ClusterIPs {
+		out = append(out, ctFrontend{ip, uint16(pv.Port)})
+	}
+	return out
+}
+
+func externalFrontends(pv *model.PortView) []ctFrontend {
+	var out []ctFrontend
+	for _, ip := range slices.Concat(pv.ExternalIPs, pv.LoadBalancerIPs) {
+		out = append(out, ctFrontend{ip, uint16(pv.Port)})
+	}
+	if pv.NodePort != 0 {
+		out = append(out, ctFrontend{netip.Addr{}, uint16(pv.NodePort)})
+	}
+	return out
+}
+
+// staleFilters compares a frontend group's endpoints before and after.
+func staleFilters(pv *model.PortView, before, after []*model.Endpoint, fes []ctFrontend) []conntrack.Filter {
+	if pv.Protocol != v1.ProtocolUDP {
+		return nil
+	}
+	var out []conntrack.Filter
+	if len(before) == 0 && len(after) > 0 {
+		for _, fe := range fes {
+			out = append(out, conntrack.Filter{Proto: protoUDP, OrigDst: fe.addr, OrigDstPort: fe.port})
+		}
+		return out
+	}
+	for _, ep := range before {
+		if slices.ContainsFunc(after, func(x *model.Endpoint) bool { return x.IP == ep.IP && x.Port == ep.Port }) {
+			continue
+		}
+		for _, fe := range fes {
+			if fe.addr.IsValid() && model.FamilyOf(fe.addr) != ep.Family() {
+				continue
+			}
+			out = append(out, conntrack.Filter{Proto: protoUDP, OrigDst: fe.addr, OrigDstPort: fe.port, ReplySrc: ep.IP})
+		}
+	}
+	return out
+}

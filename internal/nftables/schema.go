@@ -1,0 +1,291 @@
+package nftables
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+)
+
+// family is one of kproxy's two tables.
+type family struct {
+	v1     v1.IPFamily
+	addrSz int // bytes of an address (and of its padded register span)
+}
+
+var (
+	ipv4 = family{v1: v1.IPv4Protocol, addrSz: 4}
+	ipv6 = family{v1: v1.IPv6Protocol, addrSz: 16}
+)
+
+func familyOf(f v1.IPFamily) family {
+	if f == v1.IPv6Protocol {
+		return ipv6
+	}
+	return ipv4
+}
+
+func (f family) String() string {
+	if f.addrSz == 16 {
+		return "ip6"
+	}
+	return "ip"
+}
+
+// zero is the address that stands for "any node address" in NodePort keys.
+func (f family) zero() netip.Addr {
+	if f.addrSz == 16 {
+		return netip.IPv6Unspecified()
+	}
+	return netip.IPv4Unspecified()
+}
+
+func (f family) contains(a netip.Addr) bool { return a.Is4() == (f.addrSz == 4) }
+
+// Field kinds of set keys and map values. Every field is padded to whole 32-bit
+// registers, because that is how the kernel lays out a concatenation.
+type field uint8
+
+const (
+	fAddr  field = iota // an IPv4 or IPv6 address, network order
+	fProto              // an IP protocol number, one byte then padding
+	fPort               // a port, network order, then padding
+	fSlot               // a numgen result, host order (that is how numgen writes its register)
+)
+
+func (f family) size(k field) int {
+	if k == fAddr {
+		return f.addrSz
+	}
+	return 4
+}
+
+// Set names. They never contain ':' (nft 1.0.6 cannot parse it in names).
+const (
+	setClusterIPs     = "cluster-ips"     // every cluster IP: traffic still addressed to one after DNAT is rejected
+	setMasq           = "masquerade"      // frontends whose traffic is always masqueraded
+	mapFrontends      = "frontends"       // frontend → goto the DNAT chain of its class
+	mapAffinity       = "affinity"        // dynamic: client . frontend → endpoint, with a timeout
+	setAffinityOK     = "affinity-valid"  // frontend . endpoint pairs that still exist
+	setHairpin        = "hairpin"         // local endpoint . itself: a pod reaching itself, masqueraded
+	mapNoEndpoints    = "no-endpoints"    // frontend → goto reject | drop
+	setFirewall       = "firewall"        // load balancer frontends with source ranges
+	setFirewallAllow  = "firewall-allow"  // LB frontend . allowed source range
+	backendsPrefix    = "backends-"       // backends-N: frontend . slot → endpoint, for N endpoints
+	verdictDrop       = "drop"
+	chainReject       = "reject"
+	affinitySetSize   = 1 << 18
+	maxBackendsPerKey = 1 << 16
+)
+
+// setSpec describes one named set or map.
+type setSpec struct {
+	name     string
+	key      []field
+	data     []field // nil: a set, or a verdict map when verdict is true
+	verdict  bool
+	interval bool // the last key field is a range (concatenated intervals: pipapo)
+	dynamic  bool // updated from the packet path, with timeouts
+}
+
+func (s setSpec) keyLen(f family) int {
+	n := 0
+	for _, k := range s.key {
+		n += f.size(k)
+	}
+	return n
+}
+
+func (s setSpec) dataLen(f family) int {
+	n := 0
+	for _, k := range s.data {
+		n += f.size(k)
+	}
+	return n
+}
+
+var frontendKey = []field{fAddr, fProto, fPort}
+
+// staticSets are the sets every table has.
+var staticSets = []setSpec{
+	{name: setClusterIPs, key: []field{fAddr}},
+	{name: setMasq, key: frontendKey},
+	{name: mapFrontends, key: frontendKey, verdict: true},
+	{name: mapAffinity, key: []field{fAddr, fAddr, fProto, fPort}, data: []field{fAddr, fPort}, dynamic: true},
+	{name: setAffinityOK, key: []field{fAddr, fProto, fPort, fAddr, fPort}},
+	{name: setHairpin, key: []field{fAddr, fAddr}},
+	{name: mapNoEndpoints, key: frontendKey, verdict: true},
+	{name: setFirewall, key: frontendKey},
+	{name: setFirewallAllow, key: []field{fAddr, fProto, fPort, fAddr}, interval: true},
+}
+
+func backendsSpec(n int) setSpec {
+	return setSpec{name: backendsPrefix + strconv.Itoa(n), key: []field{fAddr, fProto, fPort, fSlot}, data: []field{fAddr, fPort}}
+}
+
+// specFor returns the spec of a set kproxy owns, by name.
+func specFor(name string) (setSpec, bool) {
+	for _, s := range staticSets {
+		if s.name == name {
+			return s, true
+		}
+	}
+	if n, ok := strings.CutPrefix(name, backendsPrefix); ok {
+		if v, err := strconv.Atoi(n); err == nil && v > 0 && strconv.Itoa(v) == n {
+			return backendsSpec(v), true
+		}
+	}
+	return setSpec{}, false
+}
+
+// Frontend is a service address as packets carry it: destination address,
+// protocol and port. NodePorts use the unspecified address ("any local address").
+type Frontend struct {
+	Addr  netip.Addr
+	Proto uint8
+	Port  uint16
+}
+
+func (fe Frontend) String() string {
+	return fmt.Sprintf("%s %s/%d", fe.Addr, protoName(fe.Proto), fe.Port)
+}
+
+// IsNodePort reports whether the frontend is a NodePort (any node address).
+func (fe Frontend) IsNodePort() bool { return fe.Addr.IsUnspecified() }
+
+const (
+	protoTCP  = 6
+	protoUDP  = 17
+	protoSCTP = 132
+)
+
+func protoNum(p v1.Protocol) uint8 {
+	switch p {
+	case v1.ProtocolUDP:
+		return protoUDP
+	case v1.ProtocolSCTP:
+		return protoSCTP
+	}
+	return protoTCP
+}
+
+func protoName(p uint8) string {
+	switch p {
+	case protoTCP:
+		return "tcp"
+	case protoUDP:
+		return "udp"
+	case protoSCTP:
+		return "sctp"
+	}
+	return strconv.Itoa(int(p))
+}
+
+// class is the DNAT behaviour a frontend dispatches to: how many endpoints, and
+// the affinity timeout (0: none). One chain exists per class in use.
+type class struct {
+	n        int
+	affinity time.Duration
+	nodePort bool
+}
+
+func (c class) chain() string {
+	p := ""
+	if c.nodePort {
+		p = "np-"
+	}
+	if c.affinity > 0 {
+		return fmt.Sprintf("%saff-%d-%d", p, c.n, int64(c.affinity/time.Second))
+	}
+	return fmt.Sprintf("%sdnat-%d", p, c.n)
+}
+
+// parseClassChain is the inverse of class.chain.
+func parseClassChain(name string) (class, bool) {
+	var c class
+	if rest, ok := strings.CutPrefix(name, "np-"); ok {
+		c.nodePort = true
+		name = rest
+	}
+	if rest, ok := strings.CutPrefix(name, "dnat-"); ok {
+		n, err := strconv.Atoi(rest)
+		if err != nil || n <= 0 {
+			return class{}, false
+		}
+		c.n = n
+		return c, true
+	}
+	if rest, ok := strings.CutPrefix(name, "aff-"); ok {
+		ns, ts, ok := strings.Cut(rest, "-")
+		n, err1 := strconv.Atoi(ns)
+		t, err2 := strconv.ParseInt(ts, 10, 64)
+		if !ok || err1 != nil || err2 != nil || n <= 0 || t <= 0 {
+			return class{}, false
+		}
+		c.n, c.affinity = n, time.Duration(t)*time.Second
+		return c, true
+	}
+	return class{}, false
+}
+
+// Encoding of keys and values, exactly as the kernel compares them.
+
+type enc []byte
+
+func (e enc) addr(a netip.Addr) enc {
+	if a.Is4() {
+		b := a.As4()
+		return append(e, b[:]...)
+	}
+	b := a.As16()
+	return append(e, b[:]...)
+}
+
+func (e enc) proto(p uint8) enc { return append(e, p, 0, 0, 0) }
+
+func (e enc) port(p uint16) enc { return append(e, byte(p>>8), byte(p), 0, 0) }
+
+func (e enc) slot(i uint32) enc { return binary.NativeEndian.AppendUint32(e, i) }
+
+func (e enc) frontend(fe Frontend) enc { return e.addr(fe.Addr).proto(fe.Proto).port(fe.Port) }
+
+func (e enc) addrPort(ap netip.AddrPort) enc { return e.addr(ap.Addr()).port(ap.Port()) }
+
+// dec reads fields back.
+type dec struct {
+	f   family
+	b   []byte
+	err error
+}
+
+func (d *dec) take(n int) []byte {
+	if d.err != nil {
+		return make([]byte, n)
+	}
+	if len(d.b) < n {
+		d.err = fmt.Errorf("short element: want %d more bytes, have %d", n, len(d.b))
+		return make([]byte, n)
+	}
+	v := d.b[:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *dec) addr() netip.Addr {
+	a, _ := netip.AddrFromSlice(d.take(d.f.addrSz))
+	return a
+}
+
+func (d *dec) proto() uint8 { return d.take(4)[0] }
+
+func (d *dec) port() uint16 { b := d.take(4); return uint16(b[0])<<8 | uint16(b[1]) }
+
+func (d *dec) slot() uint32 { return binary.NativeEndian.Uint32(d.take(4)) }
+
+func (d *dec) frontend() Frontend { return Frontend{Addr: d.addr(), Proto: d.proto(), Port: d.port()} }
+
+func (d *dec) addrPort() netip.AddrPort { a := d.addr(); return netip.AddrPortFrom(a, d.port()) }

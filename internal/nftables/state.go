@@ -1,0 +1,368 @@
+package nftables
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+)
+
+// Table is one of kproxy's tables as the kernel (or the fake) has it: chain names
+// and the raw elements of every set. Decode turns it into a State.
+type Table struct {
+	Family v1.IPFamily
+	// Chains maps chain names to their hook description ("" for regular chains).
+	Chains map[string]ChainInfo
+	// Sets maps set names to their key/data lengths and elements.
+	Sets map[string]*SetData
+}
+
+// ChainInfo describes a chain as the kernel reports it.
+type ChainInfo struct {
+	Hook     string // "" for a regular chain
+	Priority int32
+	Type     string
+	Rules    int
+}
+
+// SetData is one set with its elements.
+type SetData struct {
+	KeyLen, DataLen int
+	Flags           string
+	Elements        []Element
+}
+
+// State is the decoded content of one family's table: what a packet tracer needs
+// to compute a verdict from kernel state rather than from the model.
+type State struct {
+	Family        v1.IPFamily
+	Chains        map[string]bool
+	ClusterIPs    map[netip.Addr]bool
+	Masquerade    map[Frontend]bool
+	Frontends     map[Frontend]string // the chain the frontend dispatches to
+	Backends      map[int]map[Frontend][]netip.AddrPort // N → frontend → endpoint per slot
+	AffinityValid map[Frontend]map[netip.AddrPort]bool
+	Affinity      map[AffinityKey]AffinityEntry
+	Hairpin       map[netip.Addr]bool
+	NoEndpoints   map[Frontend]string // "reject" or "drop"
+	Firewall      map[Frontend]bool
+	FirewallAllow map[Frontend][]AddrRange
+}
+
+// AffinityKey is a client and the frontend it connected to.
+type AffinityKey struct {
+	Client netip.Addr
+	Frontend
+}
+
+// AffinityEntry is the endpoint a client is pinned to.
+type AffinityEntry struct {
+	Endpoint netip.AddrPort
+	Expires  time.Duration
+}
+
+// AddrRange is an inclusive address range.
+type AddrRange struct{ From, To netip.Addr }
+
+// Contains reports whether a is in the range.
+func (r AddrRange) Contains(a netip.Addr) bool {
+	return r.From.Compare(a) <= 0 && a.Compare(r.To) <= 0
+}
+
+func newState(f v1.IPFamily) *State {
+	return &State{
+		Family: f, Chains: map[string]bool{}, ClusterIPs: map[netip.Addr]bool{},
+		Masquerade: map[Frontend]bool{}, Frontends: map[Frontend]string{},
+		Backends: map[int]map[Frontend][]netip.AddrPort{}, AffinityValid: map[Frontend]map[netip.AddrPort]bool{},
+		Affinity: map[AffinityKey]AffinityEntry{}, Hairpin: map[netip.Addr]bool{},
+		NoEndpoints: map[Frontend]string{}, Firewall: map[Frontend]bool{}, FirewallAllow: map[Frontend][]AddrRange{},
+	}
+}
+
+// Decode parses a table's elements. Unknown sets are ignored; malformed
+// elements are an error (someone else wrote into kproxy's table).
+func (t *Table) Decode() (*State, error) {
+	f := familyOf(t.Family)
+	st := newState(t.Family)
+	for name := range t.Chains {
+		st.Chains[name] = true
+	}
+	for name, sd := range t.Sets {
+		for _, e := range sd.Elements {
+			k := &dec{f: f, b: e.Key}
+			v := &dec{f: f, b: e.Val}
+			switch {
+			case name == setClusterIPs:
+				st.ClusterIPs[k.addr()] = true
+			case name == setMasq:
+				st.Masquerade[k.frontend()] = true
+			case name == mapFrontends:
+				st.Frontends[k.frontend()] = e.Verdict
+			case name == mapNoEndpoints:
+				st.NoEndpoints[k.frontend()] = e.Verdict
+			case name == setFirewall:
+				st.Firewall[k.frontend()] = true
+			case name == setFirewallAllow:
+				fe := k.frontend()
+				from := k.addr()
+				end := &dec{f: f, b: e.KeyEnd}
+				end.frontend()
+				st.FirewallAllow[fe] = append(st.FirewallAllow[fe], AddrRange{From: from, To: end.addr()})
+				if end.err != nil {
+					return nil, fmt.Errorf("set %s: %w", name, end.err)
+				}
+			case name == setHairpin:
+				st.Hairpin[k.addr()] = true
+			case name == setAffinityOK:
+				fe := k.frontend()
+				if st.AffinityValid[fe] == nil {
+					st.AffinityValid[fe] = map[netip.AddrPort]bool{}
+				}
+				st.AffinityValid[fe][k.addrPort()] = true
+			case name == mapAffinity:
+				client := k.addr()
+				st.Affinity[AffinityKey{Client: client, Frontend: k.frontend()}] = AffinityEntry{Endpoint: v.addrPort()}
+			case strings.HasPrefix(name, backendsPrefix):
+				n, err := strconv.Atoi(strings.TrimPrefix(name, backendsPrefix))
+				if err != nil {
+					continue
+				}
+				fe := k.frontend()
+				slot := k.slot()
+				m := st.Backends[n]
+				if m == nil {
+					m = map[Frontend][]netip.AddrPort{}
+					st.Backends[n] = m
+				}
+				eps := m[fe]
+				if eps == nil {
+					eps = make([]netip.AddrPort, n)
+				}
+				if int(slot) < n {
+					eps[slot] = v.addrPort()
+				}
+				m[fe] = eps
+			default:
+				continue
+			}
+			if k.err != nil {
+				return nil, fmt.Errorf("set %s: %w", name, k.err)
+			}
+			if v.err != nil && len(e.Val) > 0 {
+				return nil, fmt.Errorf("set %s value: %w", name, v.err)
+			}
+		}
+	}
+	return st, nil
+}
+
+// Verdict is a packet's fate.
+type Verdict string
+
+// Verdicts.
+const (
+	Accept Verdict = "ACCEPT"
+	Drop   Verdict = "DROP"
+	Reject Verdict = "REJECT"
+)
+
+// Packet is the first packet of a connection, as the tracer sees it.
+type Packet struct {
+	Src   netip.Addr
+	Proto v1.Protocol
+	Dst   netip.Addr
+	Port  uint16
+	// FromNode: sent by a process on the node (output hook), not received on an interface.
+	FromNode bool
+}
+
+// TraceResult is what kproxy's rules do with a packet.
+type TraceResult struct {
+	Verdict Verdict
+	// Endpoints are the possible DNAT targets (one when affinity pins the client);
+	// empty when the packet is not DNATed.
+	Endpoints  []netip.AddrPort
+	Masquerade bool
+	// Steps names the rules that decided, in order.
+	Steps []string
+}
+
+func (r TraceResult) String() string {
+	s := string(r.Verdict)
+	if len(r.Endpoints) > 0 {
+		parts := make([]string, len(r.Endpoints))
+		for i, ep := range r.Endpoints {
+			parts[i] = ep.String()
+		}
+		s += " → " + strings.Join(parts, ",")
+	}
+	if r.Masquerade {
+		s += " masquerade"
+	}
+	return s
+}
+
+// Tracer computes the verdict of kproxy's rules for a packet from a State. It
+// mirrors, rule by rule, the program that netlink.go installs (see README.md):
+// the rules are fixed for a configuration, the data lives in the sets.
+type Tracer struct {
+	Config Config
+	// LocalAddrs are the node's addresses (what "fib daddr type local" matches);
+	// loopback addresses always are.
+	LocalAddrs []netip.Addr
+}
+
+func (tr *Tracer) isLocal(a netip.Addr) bool {
+	return a.IsLoopback() || slices.Contains(tr.LocalAddrs, a)
+}
+
+// nodePortAddr mirrors the nodeport address filter in the services chain.
+func (tr *Tracer) nodePortAddr(a netip.Addr) bool {
+	if !tr.isLocal(a) {
+		return false
+	}
+	if len(tr.Config.NodePortAddresses) > 0 {
+		for _, p := range tr.Config.NodePortAddresses {
+			if p.Contains(a) {
+				return true
+			}
+		}
+		return false
+	}
+	if a.IsLoopback() {
+		return tr.Config.LocalhostNodePorts && a.Is4()
+	}
+	return true
+}
+
+// Trace runs p through the state's rules.
+func (tr *Tracer) Trace(st *State, p Packet) TraceResult {
+	cfg := &tr.Config
+	var r TraceResult
+	proto := protoNum(p.Proto)
+	fe := Frontend{Addr: p.Dst, Proto: proto, Port: p.Port}
+	step := func(s string, args ...any) { r.Steps = append(r.Steps, fmt.Sprintf(s, args...)) }
+
+	// filter-prerouting / filter-output (priority -110): load balancer source ranges.
+	if st.Firewall[fe] {
+		allowed := false
+		for _, rg := range st.FirewallAllow[fe] {
+			if rg.Contains(p.Src) {
+				allowed = true
+			}
+		}
+		if !allowed {
+			step("firewall: %s not in loadBalancerSourceRanges of %s", p.Src, fe)
+			r.Verdict = Drop
+			return r
+		}
+	}
+
+	// nat-prerouting / nat-output (-100): services.
+	mark := false
+	if st.ClusterIPs[p.Dst] {
+		if cfg.MasqueradeAll {
+			mark = true
+		} else if len(cfg.ClusterCIDRs) > 0 && !containsAddr(cfg.ClusterCIDRs, p.Src) {
+			step("services: source outside the cluster CIDRs, mark for masquerade")
+			mark = true
+		}
+	}
+	dnatFE, dispatched := Frontend{}, false
+	if st.Masquerade[fe] {
+		mark = true
+	}
+	if _, ok := st.Frontends[fe]; ok {
+		dnatFE, dispatched = fe, true
+	} else if tr.nodePortAddr(p.Dst) {
+		np := Frontend{Addr: familyOf(st.Family).zero(), Proto: proto, Port: p.Port}
+		if cfg.LocalhostNodePorts && p.Src.Is4() && p.Src.IsLoopback() {
+			mark = true
+		}
+		if st.Masquerade[np] {
+			mark = true
+		}
+		if _, ok := st.Frontends[np]; ok {
+			dnatFE, dispatched = np, true
+		}
+	}
+	if dispatched {
+		chain := st.Frontends[dnatFE]
+		step("services: %s → %s", dnatFE, chain)
+		cl, ok := parseClassChain(chain)
+		eps := st.Backends[cl.n][dnatFE]
+		if !ok || !st.Chains[chain] || len(eps) != cl.n || slices.Contains(eps, netip.AddrPort{}) {
+			// A slot without an element breaks the rule: the packet falls through undNATed.
+			step("%s: incomplete backends for %s", chain, dnatFE)
+		} else {
+			if cl.affinity > 0 {
+				if a, ok := st.Affinity[AffinityKey{Client: p.Src, Frontend: dnatFE}]; ok && st.AffinityValid[dnatFE][a.Endpoint] {
+					step("%s: affinity pins %s to %s", chain, p.Src, a.Endpoint)
+					eps = []netip.AddrPort{a.Endpoint}
+				}
+			}
+			r.Endpoints = slices.Clone(eps)
+			slices.SortFunc(r.Endpoints, func(a, b netip.AddrPort) int { return a.Compare(b) })
+			r.Endpoints = slices.Compact(r.Endpoints)
+		}
+	}
+
+	// filter-input / filter-forward / filter-output-post: after DNAT.
+	if len(r.Endpoints) == 0 {
+		if v, ok := st.NoEndpoints[fe]; ok {
+			return tr.noEndpoints(r, v, fe)
+		}
+		if tr.nodePortAddr(p.Dst) {
+			np := Frontend{Addr: familyOf(st.Family).zero(), Proto: proto, Port: p.Port}
+			if v, ok := st.NoEndpoints[np]; ok {
+				return tr.noEndpoints(r, v, np)
+			}
+		}
+		if st.ClusterIPs[p.Dst] {
+			step("endpoints-check: %s is a cluster IP with no endpoints on this port", p.Dst)
+			r.Verdict = Reject
+			return r
+		}
+		r.Verdict = Accept
+		return r
+	}
+
+	// nat-postrouting: masquerade marked connections and hairpins.
+	r.Verdict = Accept
+	if mark {
+		r.Masquerade = true
+		step("postrouting: masquerade (mark)")
+	} else if len(r.Endpoints) > 0 && st.Hairpin[p.Src] && slices.ContainsFunc(r.Endpoints, func(ep netip.AddrPort) bool { return ep.Addr() == p.Src }) {
+		// Only the hairpin endpoint itself is masqueraded; report it when it is a candidate.
+		r.Masquerade = len(r.Endpoints) == 1
+		step("postrouting: hairpin to %s is masqueraded", p.Src)
+	}
+	return r
+}
+
+func (tr *Tracer) noEndpoints(r TraceResult, v string, fe Frontend) TraceResult {
+	r.Steps = append(r.Steps, fmt.Sprintf("endpoints-check: %s → %s", fe, v))
+	if v == verdictDrop {
+		r.Verdict = Drop
+	} else {
+		r.Verdict = Reject
+	}
+	return r
+}
+
+func containsAddr(ps []netip.Prefix, a netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// tableFromStores builds a Table from a store's kernel view (the fake uses it).
+func sortedSetNames(m map[string]*SetData) []string { return slices.Sorted(maps.Keys(m)) }
