@@ -68,11 +68,10 @@ func isLocalSource(src netip.Addr, nodeAddrs []netip.Addr) bool {
 
 // servesNodePorts reports whether NodePorts answer on the address.
 func servesNodePorts(addr netip.Addr, nodeAddrs []netip.Addr, opts *Options) bool {
-	if addr.IsLoopback() {
-		return opts.LocalhostNodePorts && addr.Is4()
-	}
 	if !slices.Contains(nodeAddrs, addr) {
-		return false
+		// Loopback is local without being a node address: NodePorts answer
+		// there only when asked to (route_localnet, CVE-2020-8558).
+		return addr.IsLoopback() && addr.Is4() && opts.LocalhostNodePorts
 	}
 	if len(opts.NodePortAddresses) == 0 {
 		return true
@@ -162,7 +161,7 @@ func viewFor(pv *model.PortView, family v1.IPFamily) familyView {
 func FromModel(snap *model.Snapshot, opts Options, pkt Packet) Result {
 	r := fromModel(snap, &opts, pkt)
 	if opts.Userspace {
-		userspace(&r)
+		asUserspace(&r)
 	}
 	return r
 }
@@ -408,8 +407,8 @@ func endpointList(eps []*model.Endpoint) string {
 	return strings.Join(s, ", ")
 }
 
-// userspace rewrites a kernel-semantics answer for the userspace proxy.
-func userspace(r *Result) {
+// asUserspace rewrites a kernel-semantics answer for the userspace proxy.
+func asUserspace(r *Result) {
 	switch r.Verdict {
 	case VerdictDNAT:
 		r.Verdict = VerdictProxy
