@@ -74,9 +74,11 @@ func newPKI(dir string, servingIPs []net.IP) (*pki, error) {
 	if p.AdminCert, p.AdminKey, err = p.issue("admin", admin); err != nil {
 		return nil, err
 	}
-	// The bootstrap RBAC policy gives this user exactly the controller-manager's rights.
+	// With --use-service-account-credentials=false the controllers act as this
+	// user, and the bootstrap role of system:kube-controller-manager alone lacks
+	// the per-controller rights (writing EndpointSlices): hence system:masters.
 	kcm := &x509.Certificate{
-		Subject:     pkix.Name{CommonName: "system:kube-controller-manager"},
+		Subject:     pkix.Name{CommonName: "system:kube-controller-manager", Organization: []string{"system:masters"}},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
 	if p.KCMCert, p.KCMKey, err = p.issue("controller-manager", kcm); err != nil {
