@@ -54,6 +54,7 @@ func newRootCommand() *cobra.Command {
 			fmt.Fprintln(cmd.OutOrStdout(), "kproxy", Version)
 		},
 	})
+	root.AddCommand(newRunCommand(), newValidateCommand(), newGetCommand(), newDescribeCommand(), newTraceCommand())
 	return root
 }
 

@@ -101,9 +101,9 @@ const (
 	DefaultSyncPeriod         = 30 * time.Second
 	DefaultMinSyncPeriod      = 1 * time.Second
 	DefaultNFTablesTable      = "kproxy"
-	DefaultUserspaceIdle      = 10 * time.Minute
-	DefaultUserspaceMaxConns  = 65536
-	DefaultUserspaceGrace     = 30 * time.Second
+	DefaultUserspaceIdle      = time.Hour
+	DefaultUserspaceMaxConns  = 100000
+	DefaultUserspaceGrace     = 10 * time.Second
 	DefaultDNSTTL             = 5 * time.Second
 	DefaultDNSUpstreamWait    = 2 * time.Second
 )

@@ -1,0 +1,161 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/kproxy/kproxy/internal/config"
+	"github.com/kproxy/kproxy/internal/dns"
+	"github.com/kproxy/kproxy/internal/healthcheck"
+	"github.com/kproxy/kproxy/internal/metrics"
+	"github.com/kproxy/kproxy/internal/model"
+	"github.com/kproxy/kproxy/internal/trace"
+)
+
+// components are the readers of the model that run beside the data plane.
+type components struct {
+	trace   http.Handler
+	closers []func()
+}
+
+func (c *components) close() {
+	for i := len(c.closers) - 1; i >= 0; i-- {
+		c.closers[i]()
+	}
+}
+
+// familyHealth adapts the per-family health server to the syncer, which syncs
+// every family in one transaction.
+type familyHealth struct {
+	hs       *healthcheck.ProxyHealthServer
+	families []v1.IPFamily
+}
+
+func (f familyHealth) QueuedUpdate() {
+	for _, fam := range f.families {
+		f.hs.QueuedUpdate(fam)
+	}
+}
+
+func (f familyHealth) Updated() {
+	for _, fam := range f.families {
+		f.hs.Updated(fam)
+	}
+}
+
+func (f familyHealth) SyncNode(node model.Node) { f.hs.SyncNode(node) }
+
+// serviceHealth opens the health check node ports of LoadBalancer services with
+// externalTrafficPolicy Local after each sync.
+type serviceHealth struct {
+	log *slog.Logger
+	s   *healthcheck.ServiceHealthServer
+}
+
+func (h serviceHealth) Update(snap *model.Snapshot) {
+	if err := h.s.Sync(snap); err != nil {
+		h.log.Error("service health check ports", "err", err)
+	}
+}
+
+func startComponents(ctx context.Context, log *slog.Logger, cfg config.Config, m *metrics.Metrics,
+	s *syncer, tracker *model.Tracker, families []v1.IPFamily) (*components, error) {
+	comp := &components{}
+	var proxyHealth healthcheck.ProxyHealth
+	if cfg.HealthzBindAddress != "" {
+		hs := healthcheck.NewProxyHealthServer(cfg.HealthzBindAddress, 2*cfg.SyncPeriod, m, nil)
+		errc := make(chan error, 1)
+		hctx, cancel := context.WithCancel(ctx)
+		go func() { errc <- hs.Run(hctx) }()
+		comp.closers = append(comp.closers, func() { cancel(); _ = hs.Close() })
+		s.health = familyHealth{hs: hs, families: families}
+		proxyHealth = hs
+		log.Info("serving health checks", "address", cfg.HealthzBindAddress)
+		go func() {
+			if err := <-errc; err != nil && !errors.Is(err, context.Canceled) && hctx.Err() == nil {
+				log.Error("health server stopped", "err", err)
+			}
+		}()
+	}
+	var addrs []netip.Addr
+	if len(cfg.NodePortAddresses) > 0 {
+		var err error
+		if addrs, err = localAddrsIn(cfg.NodePortAddresses); err != nil {
+			comp.close()
+			return nil, err
+		}
+	}
+	svcHealth := healthcheck.NewServiceHealthServer(addrs, proxyHealth)
+	comp.closers = append(comp.closers, func() { _ = svcHealth.Close() })
+	s.observers = append(s.observers, serviceHealth{log: log, s: svcHealth})
+
+	if cfg.DNSBindAddress != "" {
+		srv, err := dns.New(dns.Config{
+			BindAddress:     cfg.DNSBindAddress,
+			ClusterDomain:   cfg.ClusterDomain,
+			TTL:             cfg.DNSTTL,
+			Upstream:        cfg.DNSUpstream,
+			UpstreamTimeout: cfg.DNSUpstreamWait,
+			Logger:          log,
+		}, m)
+		if err != nil {
+			comp.close()
+			return nil, err
+		}
+		if err := srv.Start(); err != nil {
+			comp.close()
+			return nil, fmt.Errorf("dns server on %s: %w", cfg.DNSBindAddress, err)
+		}
+		comp.closers = append(comp.closers, func() { _ = srv.Close() })
+		s.observers = append(s.observers, srv)
+		log.Info("serving service DNS", "address", srv.Addr().String(), "domain", cfg.ClusterDomain)
+	}
+
+	opts := trace.Options{
+		ClusterCIDRs:       cfg.ClusterCIDRs,
+		MasqueradeAll:      cfg.MasqueradeAll,
+		NodePortAddresses:  cfg.NodePortAddresses,
+		LocalhostNodePorts: cfg.LocalhostNodePorts,
+	}
+	if ks, ok := s.plane.(trace.KernelState); ok {
+		opts.Kernel = ks
+	}
+	if hostAddrs, err := localAddrsIn(nil); err == nil {
+		opts.NodeAddresses = hostAddrs
+	}
+	comp.trace = trace.Handler(tracker.Current, opts)
+	return comp, nil
+}
+
+// localAddrsIn returns this host's addresses inside the prefixes; nil prefixes
+// mean every address.
+func localAddrsIn(prefixes []netip.Prefix) ([]netip.Addr, error) {
+	ifAddrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, a := range ifAddrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(ipn.IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		if len(prefixes) == 0 || slices.ContainsFunc(prefixes, func(p netip.Prefix) bool { return p.Contains(ip) }) {
+			out = append(out, ip)
+		}
+	}
+	return out, nil
+}

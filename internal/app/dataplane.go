@@ -1,0 +1,57 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/kproxy/kproxy/internal/config"
+	"github.com/kproxy/kproxy/internal/metrics"
+	"github.com/kproxy/kproxy/internal/userspace"
+)
+
+// chooseMode returns the proxy mode to run, and, when the automatic choice falls
+// back to userspace, why.
+func chooseMode(cfg config.Config) (mode, why string) {
+	if cfg.Mode != config.ModeAuto {
+		return cfg.Mode, ""
+	}
+	if os.Geteuid() != 0 {
+		return config.ModeUserspace, "not running as root, so the kernel's nftables cannot be programmed"
+	}
+	if err := nftablesAvailable(); err != nil {
+		return config.ModeUserspace, fmt.Sprintf("nftables is not usable here: %v", err)
+	}
+	return config.ModeNFTables, ""
+}
+
+func newDataplane(ctx context.Context, log *slog.Logger, cfg config.Config, mode string, m *metrics.Metrics) (Dataplane, error) {
+	switch mode {
+	case config.ModeUserspace:
+		uc := userspace.Defaults()
+		uc.NodePortAddresses = cfg.NodePortAddresses
+		uc.BindServiceIPs = os.Geteuid() == 0
+		uc.TCPIdleTimeout = cfg.UserspaceIdleTimeout
+		uc.MaxConnections = cfg.UserspaceMaxConns
+		uc.GracePeriod = cfg.UserspaceGracePeriod
+		uc.Logger = log.With("dataplane", "userspace")
+		p, err := userspace.New(uc, m)
+		if err != nil {
+			return nil, fmt.Errorf("userspace proxy: %w", err)
+		}
+		return p, nil
+	case config.ModeNFTables:
+		return newNFTables(ctx, log, cfg, m)
+	}
+	return nil, fmt.Errorf("unknown proxy mode %q", mode)
+}
+
+var errNoNFTables = errors.New("the nftables data plane is not part of this build yet")
+
+func nftablesAvailable() error { return errNoNFTables }
+
+func newNFTables(context.Context, *slog.Logger, config.Config, *metrics.Metrics) (Dataplane, error) {
+	return nil, errNoNFTables
+}

@@ -1,0 +1,99 @@
+package app
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/kproxy/kproxy/internal/config"
+	"github.com/kproxy/kproxy/internal/kube"
+)
+
+// applyKubeProxyConfiguration loads a KubeProxyConfiguration file into c. Flags
+// given on the command line win over the file, as with kube-proxy.
+func applyKubeProxyConfiguration(path string, c *config.Config, fs *pflag.FlagSet, warn func(string)) error {
+	kp, warnings, err := kube.LoadKubeProxyConfiguration(path)
+	if err != nil {
+		return err
+	}
+	for _, w := range warnings {
+		warn("config " + path + ": " + w)
+	}
+	set := func(flag string, apply func()) {
+		if !fs.Changed(flag) {
+			apply()
+		}
+	}
+	var errs []string
+	parse := func(flag, field, v string, dst *config.Config, assign func(*config.Config, string) error) {
+		if v == "" || fs.Changed(flag) {
+			return
+		}
+		if err := assign(dst, v); err != nil {
+			errs = append(errs, fmt.Sprintf("%s: %v", field, err))
+		}
+	}
+	if kp.ClientConnection.Kubeconfig != "" {
+		set("kubeconfig", func() { c.Kubeconfig = kp.ClientConnection.Kubeconfig })
+	}
+	c.KubeQPS, c.KubeBurst = kp.ClientConnection.QPS, int(kp.ClientConnection.Burst)
+	c.KubeContentType = kp.ClientConnection.ContentType
+	c.ConfigSyncPeriod = kp.ConfigSyncPeriod.Duration
+	if kp.HostnameOverride != "" {
+		set("hostname-override", func() { c.HostnameOverride = kp.HostnameOverride })
+	}
+	if kp.HealthzBindAddress != "" {
+		set("healthz-bind-address", func() { c.HealthzBindAddress = kp.HealthzBindAddress })
+	}
+	if kp.MetricsBindAddress != "" {
+		set("metrics-bind-address", func() { c.MetricsBindAddress = kp.MetricsBindAddress })
+	}
+	switch mode := string(kp.Mode); mode {
+	case "":
+	case config.ModeNFTables:
+		set("proxy-mode", func() { c.Mode = config.ModeNFTables })
+	default:
+		warn(fmt.Sprintf("config %s: mode %q is not a kproxy mode; using nftables when available", path, mode))
+	}
+	parse("cluster-cidr", "clusterCIDR", kp.ClusterCIDR, c, func(c *config.Config, v string) (err error) {
+		c.ClusterCIDRs, err = config.ParseCIDRs(v)
+		return err
+	})
+	if len(kp.NodePortAddresses) > 0 && !fs.Changed("nodeport-addresses") {
+		if len(kp.NodePortAddresses) == 1 && kp.NodePortAddresses[0] == "primary" {
+			warn("config " + path + ": nodePortAddresses [primary] is served as every node address")
+		} else if p, err := config.ParseCIDRs(strings.Join(kp.NodePortAddresses, ",")); err != nil {
+			errs = append(errs, fmt.Sprintf("nodePortAddresses: %v", err))
+		} else {
+			c.NodePortAddresses = p
+		}
+	}
+	// The nftables section wins over the iptables one when both are set: kproxy's
+	// kernel data plane is nftables.
+	for _, sec := range []struct {
+		masq       bool
+		sync, mins time.Duration
+	}{
+		{kp.IPTables.MasqueradeAll, kp.IPTables.SyncPeriod.Duration, kp.IPTables.MinSyncPeriod.Duration},
+		{kp.NFTables.MasqueradeAll, kp.NFTables.SyncPeriod.Duration, kp.NFTables.MinSyncPeriod.Duration},
+	} {
+		if sec.masq {
+			set("masquerade-all", func() { c.MasqueradeAll = true })
+		}
+		if sec.sync > 0 {
+			set("sync-period", func() { c.SyncPeriod = sec.sync })
+		}
+		if sec.mins > 0 {
+			set("min-sync-period", func() { c.MinSyncPeriod = sec.mins })
+		}
+	}
+	if v := int(kp.Logging.Verbosity); v > 0 {
+		set("v", func() { c.Verbosity = v })
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("config %s: %s", path, strings.Join(errs, "; "))
+	}
+	return nil
+}

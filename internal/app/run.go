@@ -1,0 +1,288 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/kproxy/kproxy/internal/allocator"
+	"github.com/kproxy/kproxy/internal/config"
+	"github.com/kproxy/kproxy/internal/metrics"
+	"github.com/kproxy/kproxy/internal/model"
+	"github.com/kproxy/kproxy/internal/runner"
+)
+
+// options are the command-line flags of `kproxy run` before they become a Config.
+type options struct {
+	cfg          config.Config
+	configFile   string
+	clusterCIDR  string
+	serviceCIDR  string
+	nodePortAddr string
+}
+
+func (o *options) addSourceFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.cfg.Manifests, "manifests", o.cfg.Manifests, "Standalone mode: the directory of Service, Pod, EndpointSlice, Endpoints, Node and Namespace manifests (*.yaml, *.yml, *.json) to serve")
+	fs.StringVar(&o.cfg.StateDir, "state-dir", o.cfg.StateDir, "Standalone mode: where allocated cluster IPs and node ports are kept (default: /var/lib/kproxy/<dir> for root, ~/.local/state/kproxy/<dir> otherwise)")
+	fs.StringVar(&o.serviceCIDR, "service-cluster-ip-range", o.serviceCIDR, "Standalone mode: CIDR[,CIDR] to allocate cluster IPs from, one per IP family, the primary family first (default 10.96.0.0/16; 127.10.0.0/16 in userspace mode without root)")
+	fs.Var(&o.cfg.ServiceNodePortRange, "service-node-port-range", "Standalone mode: the range node ports are allocated from")
+}
+
+func (o *options) addRunFlags(fs *pflag.FlagSet) {
+	c := &o.cfg
+	o.addSourceFlags(fs)
+	fs.StringVar(&o.configFile, "config", "", "A kube-proxy KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1); flags given on the command line win")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "Cluster mode: path to a kubeconfig file (in a pod, the in-cluster configuration is used when neither this nor --manifests is given)")
+	fs.StringVar(&c.Master, "master", c.Master, "Cluster mode: the API server address, overriding the kubeconfig")
+	fs.StringVar(&c.HostnameOverride, "hostname-override", c.HostnameOverride, "The name of this node (default: the host name)")
+	fs.StringVar(&c.ServiceProxyName, "service-proxy-name", c.ServiceProxyName, "Also serve services labelled service.kubernetes.io/service-proxy-name with this value")
+	fs.StringVar(&c.Mode, "proxy-mode", c.Mode, "nftables or userspace (default: nftables as root when nftables works, otherwise userspace)")
+	fs.StringVar(&o.clusterCIDR, "cluster-cidr", o.clusterCIDR, "CIDR[,CIDR] of the pod network: traffic to services from outside it is masqueraded")
+	fs.StringVar(&o.nodePortAddr, "nodeport-addresses", o.nodePortAddr, "CIDR[,CIDR] of the node addresses NodePorts answer on (default: every node address except loopback)")
+	fs.BoolVar(&c.MasqueradeAll, "masquerade-all", c.MasqueradeAll, "Masquerade all traffic sent to service addresses")
+	fs.BoolVar(&c.LocalhostNodePorts, "localhost-nodeports", c.LocalhostNodePorts, "nftables mode: let NodePorts answer on 127.0.0.1 (sets net.ipv4.conf.all.route_localnet=1; see CVE-2020-8558)")
+	fs.DurationVar(&c.SyncPeriod, "sync-period", c.SyncPeriod, "The longest time between full syncs of the data plane")
+	fs.DurationVar(&c.MinSyncPeriod, "min-sync-period", c.MinSyncPeriod, "The shortest time between syncs (changes arriving faster are batched)")
+	fs.StringVar(&c.NFTablesTable, "nftables-table", c.NFTablesTable, "The name of kproxy's own nftables tables (ip and ip6 families)")
+	fs.DurationVar(&c.UserspaceIdleTimeout, "userspace-idle-timeout", c.UserspaceIdleTimeout, "Userspace mode: close TCP connections idle this long")
+	fs.IntVar(&c.UserspaceMaxConns, "userspace-max-connections", c.UserspaceMaxConns, "Userspace mode: the most TCP connections open at once (0: no limit)")
+	fs.DurationVar(&c.UserspaceGracePeriod, "userspace-grace-period", c.UserspaceGracePeriod, "Userspace mode: how long connections to a deleted endpoint keep running")
+	fs.StringVar(&c.HealthzBindAddress, "healthz-bind-address", c.HealthzBindAddress, "HOST:PORT of the health server (/healthz, /livez); empty to disable")
+	fs.StringVar(&c.MetricsBindAddress, "metrics-bind-address", c.MetricsBindAddress, "HOST:PORT of the metrics and admin server (/metrics, /debug/kproxy/...); empty to disable")
+	fs.BoolVar(&c.Profiling, "profiling", c.Profiling, "Serve pprof under /debug/pprof on the metrics address")
+	fs.StringVar(&c.DNSBindAddress, "dns-bind-address", c.DNSBindAddress, "HOST:PORT of the service DNS server (default 127.0.0.1:10053 in standalone mode, off in cluster mode; empty to disable)")
+	fs.StringVar(&c.ClusterDomain, "cluster-domain", c.ClusterDomain, "The cluster's DNS domain")
+	fs.DurationVar(&c.DNSTTL, "dns-ttl", c.DNSTTL, "TTL of DNS answers")
+	fs.StringVar(&c.DNSUpstream, "dns-upstream", c.DNSUpstream, "HOST:PORT to forward names outside the cluster domain to (default: refuse them)")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
+	fs.IntVarP(&c.Verbosity, "v", "v", c.Verbosity, "Log verbosity: 0 one line per sync, 4 per-object detail")
+}
+
+// complete turns the flags (and the config file) into the effective Config.
+func (o *options) complete(fs *pflag.FlagSet, warn func(string)) (config.Config, error) {
+	c := o.cfg
+	if o.configFile != "" {
+		if err := applyKubeProxyConfiguration(o.configFile, &c, fs, warn); err != nil {
+			return c, err
+		}
+	}
+	var err error
+	if o.serviceCIDR != "" {
+		if c.ServiceClusterIPRanges, err = allocator.ParseServiceCIDRs(o.serviceCIDR); err != nil {
+			return c, fmt.Errorf("--service-cluster-ip-range: %w", err)
+		}
+	}
+	if o.clusterCIDR != "" {
+		if c.ClusterCIDRs, err = config.ParseCIDRs(o.clusterCIDR); err != nil {
+			return c, fmt.Errorf("--cluster-cidr: %w", err)
+		}
+	}
+	if o.nodePortAddr != "" {
+		if c.NodePortAddresses, err = config.ParseCIDRs(o.nodePortAddr); err != nil {
+			return c, fmt.Errorf("--nodeport-addresses: %w", err)
+		}
+	}
+	if c.HostnameOverride == "" {
+		c.HostnameOverride = defaultNodeName()
+	}
+	if c.Manifests == "" && c.Kubeconfig == "" && c.Master == "" && os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+		return c, errors.New("no source: give --manifests DIR (standalone) or --kubeconfig FILE (cluster mode)")
+	}
+	if c.Standalone() {
+		if c.StateDir == "" {
+			if c.StateDir, err = allocator.DefaultStateDir(c.Manifests); err != nil {
+				return c, err
+			}
+		}
+		if !fs.Changed("dns-bind-address") && c.DNSBindAddress == "" {
+			c.DNSBindAddress = config.DefaultDNSBindAddress
+		}
+	}
+	return c, c.Validate()
+}
+
+func newRunCommand() *cobra.Command {
+	o := &options{cfg: config.Defaults()}
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the proxy: standalone from a manifest directory, or against a cluster's API server",
+		Example: `  kproxy run --manifests ./examples                 # standalone, no cluster
+  kproxy run --kubeconfig ~/.kube/config --proxy-mode=nftables`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var warnings []string
+			cfg, err := o.complete(cmd.Flags(), func(w string) { warnings = append(warnings, w) })
+			if err != nil {
+				return err
+			}
+			log := newLogger(cmd.ErrOrStderr(), cfg.LogFormat, cfg.Verbosity)
+			for _, w := range warnings {
+				log.Warn(w)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runProxy(ctx, log, cfg)
+		},
+	}
+	o.addRunFlags(cmd.Flags())
+	return cmd
+}
+
+// defaultNodeName is the host name, lowercased, as kube-proxy does.
+func defaultNodeName() string {
+	h, _ := os.Hostname()
+	return strings.ToLower(strings.TrimSpace(h))
+}
+
+func newLogger(w interface{ Write([]byte) (int, error) }, format string, verbosity int) *slog.Logger {
+	level := slog.LevelInfo
+	if verbosity >= 4 {
+		level = slog.LevelDebug
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func buildInfo() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		return bi.GoVersion
+	}
+	return "unknown"
+}
+
+// runProxy runs kproxy until ctx is done.
+func runProxy(ctx context.Context, log *slog.Logger, cfg config.Config) error {
+	mode, why := chooseMode(cfg)
+	if cfg.Mode == config.ModeAuto && why != "" {
+		log.Info("using the userspace proxy", "reason", why)
+	}
+	if mode == config.ModeUserspace && cfg.Standalone() && len(cfg.ServiceClusterIPRanges) == 0 && os.Geteuid() != 0 {
+		// Any 127/8 address can be bound without privileges, so a loopback
+		// service range lets the userspace proxy serve cluster IPs as a normal user.
+		cfg.ServiceClusterIPRanges = []netip.Prefix{netip.MustParsePrefix(config.DefaultUserspaceCIDR)}
+	}
+	source := "kubernetes"
+	if cfg.Standalone() {
+		source = "manifests"
+	}
+	log.Info("starting kproxy", "version", Version, "go", buildInfo(), "mode", mode, "source", source,
+		"node", cfg.HostnameOverride, "config", fmt.Sprintf("%+v", cfg))
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := metrics.New(reg)
+
+	tracker := model.NewTracker(cfg.HostnameOverride, nil)
+	families := familiesOf(cfg)
+
+	plane, err := newDataplane(ctx, log, cfg, mode, m)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := plane.Close(); err != nil {
+			log.Error("closing the data plane", "err", err)
+		}
+	}()
+
+	s := newSyncer(log, tracker, plane, m, cfg.SyncPeriod)
+	r := runner.New(s.sync, cfg.MinSyncPeriod, cfg.SyncPeriod, cfg.MinSyncPeriod+time.Second)
+	tracker.SetNotify(func() { s.queued(); r.Run() })
+
+	var closers []func()
+	defer func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}()
+	comp, err := startComponents(ctx, log, cfg, m, s, tracker, families)
+	if err != nil {
+		return err
+	}
+	closers = append(closers, comp.close)
+
+	src, err := newSource(ctx, log, cfg, tracker, m)
+	if err != nil {
+		return err
+	}
+
+	if cfg.MetricsBindAddress != "" {
+		admin, err := newAdminServer(log, cfg.MetricsBindAddress, adminDeps{
+			registry: reg,
+			snapshot: tracker.Current,
+			describe: func(st State) State {
+				st.Mode, st.Source, st.Manifests = mode, source, cfg.Manifests
+				st.Errors = src.errors()
+				return st
+			},
+			stats:     statsOf(plane),
+			rules:     rulesOf(plane),
+			trace:     comp.trace,
+			profiling: cfg.Profiling,
+		})
+		if err != nil {
+			return fmt.Errorf("metrics server on %s: %w", cfg.MetricsBindAddress, err)
+		}
+		go admin.serve()
+		closers = append(closers, admin.close)
+		log.Info("serving metrics and the admin endpoint", "address", admin.ln.Addr().String())
+	}
+
+	go r.Loop(ctx)
+	errc := make(chan error, 1)
+	go func() { errc <- src.run(ctx) }()
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if err != nil && ctx.Err() == nil {
+			return fmt.Errorf("source: %w", err)
+		}
+		<-ctx.Done()
+	}
+	log.Info("shutting down")
+	return nil
+}
+
+func familiesOf(cfg config.Config) []v1.IPFamily {
+	fams := []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}
+	if cfg.Standalone() && len(cfg.ServiceClusterIPRanges) > 0 {
+		fams = fams[:0]
+		for _, p := range cfg.ServiceClusterIPRanges {
+			fams = append(fams, model.FamilyOf(p.Addr()))
+		}
+	}
+	return fams
+}
+
+func statsOf(plane Dataplane) func() any {
+	if sp, ok := plane.(interface{ StatsJSON() any }); ok {
+		return sp.StatsJSON
+	}
+	return nil
+}
+
+func rulesOf(plane Dataplane) func(ctx context.Context) (string, error) {
+	if d, ok := plane.(interface {
+		Dump(ctx context.Context) (string, error)
+	}); ok {
+		return d.Dump
+	}
+	return nil
+}
