@@ -29,6 +29,9 @@ type KernelQuery struct {
 	// rules' "fib saddr type local", which a reader of rules cannot evaluate
 	// without the routing table, so the tracer is told.
 	SourceLocal bool
+	// NodeAddresses are this node's addresses ("fib daddr type local"),
+	// where NodePorts answer.
+	NodeAddresses []netip.Addr
 }
 
 // KernelPath is what the kernel's rules do with a packet.
@@ -69,7 +72,8 @@ func Trace(ctx context.Context, snap *model.Snapshot, opts Options, pkt Packet) 
 	if opts.Kernel == nil {
 		return r
 	}
-	q := KernelQuery{Packet: pkt, SourceLocal: isLocalSource(pkt.Src, nodeAddresses(snap, &opts))}
+	nodeAddrs := nodeAddresses(snap, &opts)
+	q := KernelQuery{Packet: pkt, SourceLocal: isLocalSource(pkt.Src, nodeAddrs), NodeAddresses: nodeAddrs}
 	kp, err := opts.Kernel.TraceKernel(ctx, q)
 	if err != nil {
 		r.Disagreements = append(r.Disagreements, fmt.Sprintf("reading the kernel's rules failed: %v", err))

@@ -163,22 +163,24 @@ func testSnapshot(t *testing.T) *model.Snapshot {
 
 var clusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/48")}
 
-func TestFromModel(t *testing.T) {
-	snap := testSnapshot(t)
-	tests := []struct {
-		name          string
-		from, to      string
-		opts          func(*Options)
-		wantVerdict   Verdict
-		wantService   string
-		wantVia       string
-		wantPolicy    string
-		wantEndpoints []string
-		wantMasq      bool
-		wantHairpin   []string // endpoints masqueraded only for this source
-		wantAffinity  int64
-		wantReason    string // a substring of Reason
-	}{
+// modelCase is one packet of the fixture with the answer kube-proxy's rules give.
+type modelCase struct {
+	name          string
+	from, to      string
+	opts          func(*Options)
+	wantVerdict   Verdict
+	wantService   string
+	wantVia       string
+	wantPolicy    string
+	wantEndpoints []string
+	wantMasq      bool
+	wantHairpin   []string // endpoints masqueraded only for this source
+	wantAffinity  int64
+	wantReason    string // a substring of Reason
+}
+
+func modelCases() []modelCase {
+	return []modelCase{
 		{
 			name: "ClusterIP from a pod: three endpoints, source kept",
 			from: "10.244.0.99", to: "10.96.0.10:80/tcp",
@@ -418,7 +420,11 @@ func TestFromModel(t *testing.T) {
 			wantVerdict: VerdictReject,
 		},
 	}
-	for _, tt := range tests {
+}
+
+func TestFromModel(t *testing.T) {
+	snap := testSnapshot(t)
+	for _, tt := range modelCases() {
 		t.Run(tt.name, func(t *testing.T) {
 			opts := Options{ClusterCIDRs: clusterCIDRs}
 			if tt.opts != nil {

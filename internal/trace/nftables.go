@@ -1,0 +1,178 @@
+package trace
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/kproxy/kproxy/internal/nftables"
+)
+
+// NFTablesReader is what the kernel tracer needs from the nftables data plane:
+// its tables read back from the kernel and decoded, and the configuration the
+// fixed part of its program was built from. *nftables.Proxier satisfies it.
+type NFTablesReader interface {
+	States(ctx context.Context) ([]*nftables.State, error)
+	Config() nftables.Config
+}
+
+var _ NFTablesReader = (*nftables.Proxier)(nil)
+
+// NFTables returns a KernelState that reads kproxy's nftables tables back from
+// the kernel on every query and runs the data plane's own rule-by-rule tracer
+// over them; nothing comes from the model.
+func NFTables(r NFTablesReader) KernelState { return nftKernel{r: r} }
+
+type nftKernel struct{ r NFTablesReader }
+
+func nftProto(p v1.Protocol) uint8 {
+	switch p {
+	case v1.ProtocolUDP:
+		return 17
+	case v1.ProtocolSCTP:
+		return 132
+	}
+	return 6
+}
+
+// TraceKernel implements KernelState.
+func (k nftKernel) TraceKernel(ctx context.Context, q KernelQuery) (*KernelPath, error) {
+	states, err := k.r.States(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read nftables state: %w", err)
+	}
+	pkt := q.Packet
+	var st *nftables.State
+	for _, s := range states {
+		if s.Family == pkt.Family() {
+			st = s
+		}
+	}
+	if st == nil {
+		return &KernelPath{Verdict: VerdictNone, Rules: []string{fmt.Sprintf("no kproxy table for %s", pkt.Family())}}, nil
+	}
+	tracer := &nftables.Tracer{Config: k.r.Config(), LocalAddrs: q.NodeAddresses}
+	np := nftables.Packet{Src: pkt.Src, Proto: pkt.Proto, Dst: pkt.Dst.Addr(), Port: pkt.Dst.Port(), FromNode: q.SourceLocal}
+
+	// Trace once without the live affinity entries, for every endpoint the
+	// rules can choose, and once as the packet would really go, to learn
+	// whether the source is pinned.
+	free := *st
+	free.Affinity = map[nftables.AffinityKey]nftables.AffinityEntry{}
+	all := tracer.Trace(&free, np)
+	live := tracer.Trace(st, np)
+
+	kp := &KernelPath{Rules: all.Steps}
+	switch all.Verdict {
+	case nftables.Drop:
+		kp.Verdict = VerdictDrop
+	case nftables.Reject:
+		kp.Verdict = VerdictReject
+	default:
+		kp.Verdict = VerdictNone
+		if len(all.Endpoints) > 0 {
+			kp.Verdict = VerdictDNAT
+		}
+	}
+	if kp.Verdict != VerdictDNAT {
+		return kp, nil
+	}
+
+	fe, chain := dispatched(st, np, q.NodeAddresses)
+	weights := slotWeights(st, fe, chain)
+	hairpin := st.Hairpin[pkt.Src]
+	for _, ep := range all.Endpoints {
+		kep := KernelEndpoint{Address: ep, Probability: weights[ep]}
+		if len(weights) == 0 {
+			kep.Probability = 1 / float64(len(all.Endpoints))
+		}
+		kep.Masquerade = hairpin && ep.Addr() == pkt.Src
+		kp.Endpoints = append(kp.Endpoints, kep)
+	}
+	// The data plane's tracer reports a hairpin to a single endpoint as
+	// masquerade; keep that per endpoint, where it belongs.
+	kp.Masquerade = all.Masquerade && !(len(all.Endpoints) == 1 && kp.Endpoints[0].Masquerade)
+	if t, ok := affinityOf(chain); ok {
+		kp.AffinityTimeoutSeconds = t
+		if len(live.Endpoints) == 1 && len(all.Endpoints) > 1 {
+			pinned := live.Endpoints[0]
+			kp.Pinned = &pinned
+			kp.Rules = append(kp.Rules, live.Steps...)
+		}
+	}
+	if chain != "" {
+		kp.Rules = append(kp.Rules, fmt.Sprintf("frontend %s dispatches to chain %s", fe, chain))
+	}
+	return kp, nil
+}
+
+// dispatched finds the frontend the packet's DNAT lookup hits, mirroring the
+// data plane's order: the exact address first, then the NodePort key (the
+// unspecified address) on a node address.
+func dispatched(st *nftables.State, p nftables.Packet, nodeAddrs []netip.Addr) (nftables.Frontend, string) {
+	fe := nftables.Frontend{Addr: p.Dst, Proto: nftProto(p.Proto), Port: p.Port}
+	if chain, ok := st.Frontends[fe]; ok {
+		return fe, chain
+	}
+	zero := netip.IPv4Unspecified()
+	if p.Dst.Is6() {
+		zero = netip.IPv6Unspecified()
+	}
+	npFE := nftables.Frontend{Addr: zero, Proto: fe.Proto, Port: fe.Port}
+	if chain, ok := st.Frontends[npFE]; ok {
+		return npFE, chain
+	}
+	return fe, ""
+}
+
+// slotWeights gives each endpoint its share of the numgen slots of the frontend.
+func slotWeights(st *nftables.State, fe nftables.Frontend, chain string) map[netip.AddrPort]float64 {
+	out := map[netip.AddrPort]float64{}
+	n, ok := slotsOf(chain)
+	if !ok {
+		return out
+	}
+	slots := st.Backends[n][fe]
+	if len(slots) == 0 {
+		return out
+	}
+	for _, ep := range slots {
+		out[ep] += 1 / float64(len(slots))
+	}
+	return out
+}
+
+// The DNAT chains are named after their class: "[np-]dnat-N" or
+// "[np-]aff-N-TIMEOUT" (see the nftables package's README). These two
+// helpers read that name; a TraceResult that reported the class would make
+// them unnecessary.
+func slotsOf(chain string) (int, bool) {
+	chain = strings.TrimPrefix(chain, "np-")
+	rest, ok := strings.CutPrefix(chain, "dnat-")
+	if !ok {
+		rest, ok = strings.CutPrefix(chain, "aff-")
+		rest, _, _ = strings.Cut(rest, "-")
+	}
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.Atoi(rest)
+	return n, err == nil && n > 0
+}
+
+func affinityOf(chain string) (int64, bool) {
+	rest, ok := strings.CutPrefix(strings.TrimPrefix(chain, "np-"), "aff-")
+	if !ok {
+		return 0, false
+	}
+	_, t, ok := strings.Cut(rest, "-")
+	if !ok {
+		return 0, false
+	}
+	v, err := strconv.ParseInt(t, 10, 64)
+	return v, err == nil && v > 0
+}

@@ -1,0 +1,148 @@
+package trace
+
+// IP plan: as in trace_test.go. The nftables data plane runs over its in-memory
+// fake kernel here; the namespace tests run it against the real one.
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kproxy/kproxy/internal/model"
+	"github.com/kproxy/kproxy/internal/nftables"
+)
+
+// nftDivergences are the cases where kproxy's nftables data plane, as built,
+// departs from kube-proxy's rules that the model tracer follows. The trace
+// reports them as disagreements, which is its job; they are logged here, not
+// failed, until the two are reconciled one way or the other.
+var nftDivergences = map[string]string{
+	"ETP Local load balancer from a pod: short-circuited to the cluster endpoints": "no short-circuit of pod traffic to ETP Local external addresses",
+	"ETP Local load balancer from the node: masqueraded, cluster endpoints":        "no short-circuit of node traffic to ETP Local external addresses",
+	"NodePort on localhost when enabled: node traffic, masqueraded":                "no short-circuit of node traffic to ETP Local NodePorts",
+	"LB source ranges covering the node allow the VIP as source":                   "source ranges do not allow the VIP itself when they cover the node",
+}
+
+func TestNFTablesAgreesWithModel(t *testing.T) {
+	snap := testSnapshot(t)
+	quiet := slog.New(slog.DiscardHandler)
+	for _, tt := range modelCases() {
+		t.Run(tt.name, func(t *testing.T) {
+			opts := Options{ClusterCIDRs: clusterCIDRs}
+			if tt.opts != nil {
+				tt.opts(&opts)
+			}
+			if opts.Userspace {
+				t.Skip("userspace semantics")
+			}
+			cfg := nftables.Config{ClusterCIDRs: opts.ClusterCIDRs, MasqueradeAll: opts.MasqueradeAll,
+				NodePortAddresses: opts.NodePortAddresses, LocalhostNodePorts: opts.LocalhostNodePorts, Logger: quiet}
+			p, _, err := nftables.NewFake(cfg, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Sync(context.Background(), snap, true); err != nil {
+				t.Fatal(err)
+			}
+			opts.Kernel = NFTables(p)
+			pkt, err := ParsePacket(tt.from, tt.to, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := Trace(context.Background(), snap, opts, pkt)
+			if why, known := nftDivergences[tt.name]; known {
+				t.Logf("known divergence (%s): %s", why, strings.Join(r.Disagreements, "; "))
+				return
+			}
+			if len(r.Disagreements) > 0 {
+				t.Errorf("model: %s (%s)\nkernel: %+v\n%s", r.Verdict, r.Reason, r.Kernel, strings.Join(r.Disagreements, "\n"))
+			}
+		})
+	}
+}
+
+func TestNFTablesKernelState(t *testing.T) {
+	ctx := context.Background()
+	snap := testSnapshot(t)
+	p, fake, err := nftables.NewFake(nftables.Config{ClusterCIDRs: clusterCIDRs, Logger: slog.New(slog.DiscardHandler)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Sync(ctx, snap, true); err != nil {
+		t.Fatal(err)
+	}
+	opts := Options{ClusterCIDRs: clusterCIDRs, Kernel: NFTables(p)}
+
+	t.Run("affinity pinned in the kernel", func(t *testing.T) {
+		pkt, _ := ParsePacket("10.244.0.99", "10.96.0.11:80/tcp", "")
+		pinned := netip.MustParseAddrPort("10.244.1.8:8080")
+		fake.SetAffinity(pkt.Src, nftables.Frontend{Addr: pkt.Dst.Addr(), Proto: 6, Port: 80}, pinned)
+		r := Trace(ctx, snap, opts, pkt)
+		if len(r.Disagreements) > 0 {
+			t.Fatalf("disagreements: %v", r.Disagreements)
+		}
+		if r.Affinity == nil || r.Affinity.Pinned == nil || *r.Affinity.Pinned != pinned {
+			t.Fatalf("affinity %+v, want pinned to %s", r.Affinity, pinned)
+		}
+		if r.Kernel.AffinityTimeoutSeconds != 600 || len(r.Kernel.Endpoints) != 2 {
+			t.Fatalf("kernel path %+v", r.Kernel)
+		}
+	})
+
+	t.Run("a kernel behind the model is caught", func(t *testing.T) {
+		// The model moves on (web loses an endpoint, empty gains one) but the
+		// data plane is not synced: the trace must say so.
+		tr := model.NewTracker("node-a", nil)
+		for _, svc := range snap.Services {
+			tr.OnServiceAdd(svc)
+		}
+		for name, slices := range snap.Slices {
+			for _, s := range slices {
+				if name.Name == "web" && s.Name == "web-1" {
+					s = makeTestSlice("web", "web-1", "http", v1.ProtocolTCP, 8080,
+						up("10.244.0.5", "node-a"), up("10.244.1.5", "node-b"))
+				}
+				tr.OnEndpointSliceAdd(s)
+			}
+		}
+		tr.OnEndpointSliceAdd(makeTestSlice("empty", "empty-1", "http", v1.ProtocolTCP, 8080, up("10.244.1.9", "node-b")))
+		tr.OnNodeAdd(&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}})
+		newer := tr.Snapshot()
+
+		web, _ := ParsePacket("10.244.0.99", "10.96.0.10:80/tcp", "")
+		r := Trace(ctx, newer, opts, web)
+		want := []string{
+			"endpoint 10.244.0.5:8080: probability kernel 0.333, model 0.500",
+			"endpoint 10.244.1.5:8080: probability kernel 0.333, model 0.500",
+			"endpoint 10.244.1.6:8080: in the kernel, not in the model",
+		}
+		if strings.Join(r.Disagreements, "\n") != strings.Join(want, "\n") {
+			t.Errorf("web: disagreements\n%s\nwant\n%s", strings.Join(r.Disagreements, "\n"), strings.Join(want, "\n"))
+		}
+		empty, _ := ParsePacket("10.244.0.99", "10.96.0.12:80/tcp", "")
+		r = Trace(ctx, newer, opts, empty)
+		if len(r.Disagreements) != 1 || r.Disagreements[0] != "verdict: kernel reject, model dnat" {
+			t.Errorf("empty: disagreements %q", r.Disagreements)
+		}
+	})
+
+	t.Run("family without a table", func(t *testing.T) {
+		p4, _, err := nftables.NewFake(nftables.Config{IPFamilies: []v1.IPFamily{v1.IPv4Protocol}, Logger: slog.New(slog.DiscardHandler)}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p4.Sync(ctx, snap, true); err != nil {
+			t.Fatal(err)
+		}
+		pkt, _ := ParsePacket("fd00:10:244::99", "[fd00:10:96::18]:80/tcp", "")
+		r := Trace(ctx, snap, Options{ClusterCIDRs: clusterCIDRs, Kernel: NFTables(p4)}, pkt)
+		if r.Kernel == nil || r.Kernel.Verdict != VerdictNone || len(r.Disagreements) != 1 {
+			t.Fatalf("kernel %+v disagreements %q", r.Kernel, r.Disagreements)
+		}
+	})
+}
