@@ -367,3 +367,47 @@ func BenchmarkUpdate(b *testing.B) {
 		s.Update(&next)
 	}
 }
+
+// TestConcurrentUpdate: queries run while updates swap the index (run with -race).
+func TestConcurrentUpdate(t *testing.T) {
+	s := newTestServer(t, Config{}, nil)
+	s.Update(fixture("10.244.0.5"))
+	done := make(chan struct{})
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			out := make([]byte, 0, maxTCPSize)
+			var q question
+			reqs := [][]byte{
+				query("db-0.db.default.svc.cluster.local.", mdns.TypeA, nil),
+				query("alias.default.svc.cluster.local.", mdns.TypeA, nil),
+				query("5.0.244.10.in-addr.arpa.", mdns.TypePTR, nil),
+			}
+			for i := 0; ; i++ {
+				select {
+				case <-done:
+					errs <- nil
+					return
+				default:
+				}
+				if _, rcode, _ := s.answer(out[:0], reqs[i%len(reqs)], &q, minUDPSize); rcode == rcodeServFail {
+					errs <- fmt.Errorf("SERVFAIL during updates")
+					return
+				}
+			}
+		}()
+	}
+	for i := range 50 {
+		snap := fixture(fmt.Sprintf("10.244.0.%d", 100+i%2))
+		if i%3 == 0 {
+			delete(snap.Services, types.NamespacedName{Namespace: "default", Name: "web"})
+		}
+		s.Update(snap)
+	}
+	close(done)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}

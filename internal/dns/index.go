@@ -3,6 +3,7 @@ package dns
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -138,8 +139,9 @@ type index struct {
 	apex     *node
 	version  *node
 	services map[string]*svcEntry // key: wire "service.namespace" without terminator
-	spaces   map[string]struct{}  // namespaces with at least one name; key: wire label
+	spaces   map[string]int       // namespaces → services with names; key: wire label
 	reverse  map[string]*node     // key: lowercase wire in-addr.arpa / ip6.arpa name
+	ptrSrc   map[string][]ptrSource
 	frags    map[types.NamespacedName]*fragment
 }
 
@@ -249,8 +251,16 @@ type fragment struct {
 	ns     string // wire "namespace"
 	entry  *svcEntry
 	ptrs   []ptrRecord
-	// cname is the in-zone target of an ExternalName service, to be followed.
+	// cnameInZone is set for an ExternalName service whose target is in the zone.
 	cnameInZone bool
+	// headless fragments depend on the EndpointSlices, the others do not.
+	headless bool
+}
+
+// ptrSource is one service's contribution to a reverse name.
+type ptrSource struct {
+	owner  types.NamespacedName
+	target []byte
 }
 
 type ptrRecord struct {
@@ -335,8 +345,8 @@ func reverseName(ip netip.Addr) (string, error) {
 // buildFragment computes one service's names. A nil entry means the service has
 // no names at all (a headless service without ready endpoints is NXDOMAIN, as the
 // specification says).
-func (b *builder) buildFragment(svc *v1.Service, slices []*discovery.EndpointSlice) (*fragment, error) {
-	f := &fragment{svc: svc, slices: slices}
+func (b *builder) buildFragment(svc *v1.Service, epSlices []*discovery.EndpointSlice) (*fragment, error) {
+	f := &fragment{svc: svc, slices: epSlices}
 	if !validLabel(svc.Name) || !validLabel(svc.Namespace) {
 		return f, fmt.Errorf("service %s/%s: name or namespace is not a DNS label", svc.Namespace, svc.Name)
 	}
@@ -351,7 +361,8 @@ func (b *builder) buildFragment(svc *v1.Service, slices []*discovery.EndpointSli
 	case svc.Spec.Type == v1.ServiceTypeExternalName:
 		return f, b.externalName(f, svc)
 	case svc.Spec.ClusterIP == v1.ClusterIPNone:
-		return f, b.headless(f, svc, slices, fqdn)
+		f.headless = true
+		return f, b.headless(f, svc, epSlices, fqdn)
 	default:
 		return f, b.clusterIP(f, svc, fqdn)
 	}
@@ -586,53 +597,116 @@ func (b *builder) headless(f *fragment, svc *v1.Service, epSlices []*discovery.E
 	return nil
 }
 
-// build makes a new index from a snapshot, reusing the unchanged fragments of prev.
+// build makes a new index from a snapshot. It starts from copies of prev's maps
+// and only redoes the services whose Service or EndpointSlices changed, and the
+// reverse names those touch, so that one changed service among thousands costs
+// little more than copying the maps.
 func (b *builder) build(snap *model.Snapshot, prev *index, serial uint32) (*index, []error) {
 	idx := &index{
 		ready:    true,
 		zone:     b.zone,
-		services: make(map[string]*svcEntry, len(snap.Services)),
-		spaces:   map[string]struct{}{},
+		services: map[string]*svcEntry{},
+		spaces:   map[string]int{},
 		reverse:  map[string]*node{},
+		ptrSrc:   map[string][]ptrSource{},
 		frags:    make(map[types.NamespacedName]*fragment, len(snap.Services)),
 	}
+	prevFrags := map[types.NamespacedName]*fragment{}
+	if prev != nil && prev.ready {
+		prevFrags = prev.frags
+	}
+	type change struct {
+		name     types.NamespacedName
+		old, new *fragment
+	}
+	var changes []change
 	var errs []error
 	for name, svc := range snap.Services {
 		if svc == nil {
 			continue
 		}
 		sl := snap.Slices[name]
-		var f *fragment
-		if prev != nil {
-			if old, ok := prev.frags[name]; ok && old.svc == svc && slices.Equal(old.slices, sl) {
-				f = old
-			}
-		}
-		if f == nil {
-			var err error
-			f, err = b.buildFragment(svc, sl)
-			if err != nil {
-				errs = append(errs, err)
-			}
-		}
-		idx.frags[name] = f
-		if f.entry == nil {
+		old, had := prevFrags[name]
+		// Only headless services read their EndpointSlices: endpoint churn behind
+		// a ClusterIP costs nothing here.
+		if had && old.svc == svc && (!old.headless || slices.Equal(old.slices, sl)) {
+			idx.frags[name] = old
 			continue
 		}
-		idx.services[f.key] = f.entry
-		idx.spaces[f.ns] = struct{}{}
+		f, err := b.buildFragment(svc, sl)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		idx.frags[name] = f
+		changes = append(changes, change{name: name, old: old, new: f})
+	}
+	for name, old := range prevFrags {
+		if _, ok := idx.frags[name]; !ok {
+			changes = append(changes, change{name: name, old: old})
+		}
+	}
+	if prev != nil && prev.ready {
+		if len(changes) == 0 {
+			// Nothing to redo: share prev's maps (no one writes them once published).
+			idx.services, idx.spaces, idx.reverse, idx.ptrSrc = prev.services, prev.spaces, prev.reverse, prev.ptrSrc
+		} else {
+			idx.services = maps.Clone(prev.services)
+			idx.spaces = maps.Clone(prev.spaces)
+			idx.reverse = maps.Clone(prev.reverse)
+			idx.ptrSrc = maps.Clone(prev.ptrSrc)
+		}
+	}
+	touched := map[string]bool{} // reverse names to recompute
+	remove := func(name types.NamespacedName, f *fragment) {
+		if f.entry != nil {
+			delete(idx.services, f.key)
+			if idx.spaces[f.ns]--; idx.spaces[f.ns] <= 0 {
+				delete(idx.spaces, f.ns)
+			}
+		}
+		for _, p := range f.ptrs {
+			// Copy on write: prev's slices are still read by queries.
+			idx.ptrSrc[p.reverse] = slices.DeleteFunc(slices.Clone(idx.ptrSrc[p.reverse]),
+				func(ps ptrSource) bool { return ps.owner == name })
+			touched[p.reverse] = true
+		}
+	}
+	insert := func(name types.NamespacedName, f *fragment) {
+		if f.entry != nil {
+			idx.services[f.key] = f.entry
+			idx.spaces[f.ns]++
+		}
+		for _, p := range f.ptrs {
+			idx.ptrSrc[p.reverse] = append(slices.Clip(idx.ptrSrc[p.reverse]), ptrSource{owner: name, target: p.target})
+			touched[p.reverse] = true
+		}
+	}
+	// Removals first, so that a name moving between services ends up inserted.
+	for _, c := range changes {
+		if c.old != nil {
+			remove(c.name, c.old)
+		}
+	}
+	for _, c := range changes {
+		if c.new != nil {
+			insert(c.name, c.new)
+		}
 	}
 	// PTR records: one reverse name may point at several names (an IP in two
 	// headless services).
-	targets := map[string][][]byte{}
-	for _, f := range idx.frags {
-		for _, p := range f.ptrs {
-			if !slices.ContainsFunc(targets[p.reverse], func(t []byte) bool { return string(t) == string(p.target) }) {
-				targets[p.reverse] = append(targets[p.reverse], p.target)
+	for rev := range touched {
+		srcs := idx.ptrSrc[rev]
+		if len(srcs) == 0 {
+			delete(idx.ptrSrc, rev)
+			delete(idx.reverse, rev)
+			continue
+		}
+		var ts [][]byte
+		for _, ps := range srcs {
+			if !slices.ContainsFunc(ts, func(t []byte) bool { return string(t) == string(ps.target) }) {
+				ts = append(ts, ps.target)
 			}
 		}
-	}
-	for rev, ts := range targets {
 		slices.SortFunc(ts, func(a, c []byte) int { return strings.Compare(string(a), string(c)) })
 		set := &rrset{}
 		for _, t := range ts {
@@ -644,9 +718,10 @@ func (b *builder) build(snap *model.Snapshot, prev *index, serial uint32) (*inde
 		idx.reverse[rev] = n
 	}
 	// ExternalName services pointing into the zone: follow the CNAME here, so that
-	// stub resolvers that do not chase CNAMEs get addresses.
+	// stub resolvers that do not chase CNAMEs get addresses. Their targets may have
+	// changed with any service, and they are few, so redo them all.
 	for _, f := range idx.frags {
-		if f.cnameInZone && f.entry != nil {
+		if len(changes) > 0 && f.cnameInZone && f.entry != nil {
 			idx.services[f.key] = &svcEntry{self: b.chase(idx, f.entry.self)}
 		}
 	}
