@@ -10,6 +10,7 @@ import (
 
 	"github.com/kproxy/kproxy/internal/metrics"
 	"github.com/kproxy/kproxy/internal/model"
+	"github.com/kproxy/kproxy/internal/runner"
 )
 
 // observer reads each snapshot after the data planes applied it (DNS, service
@@ -71,7 +72,7 @@ func (s *syncer) queued() {
 func (s *syncer) sync() error {
 	if !s.tracker.Synced() {
 		s.log.Debug("waiting for sources to sync before programming")
-		return nil
+		return runner.ErrNotReady
 	}
 	s.mu.Lock()
 	full := s.needFull || time.Since(s.lastFull) >= s.syncPeriod

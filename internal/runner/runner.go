@@ -6,6 +6,7 @@ package runner
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 )
@@ -33,6 +34,11 @@ type realTimer struct{ t *time.Timer }
 
 func (r realTimer) C() <-chan time.Time { return r.t.C }
 func (r realTimer) Stop() bool          { return r.t.Stop() }
+
+// ErrNotReady, returned by fn, says that it did nothing because it is not ready
+// yet (sources still loading): the run does not count towards the minimum interval,
+// so the first real run happens as soon as it is asked for.
+var ErrNotReady = errors.New("not ready")
 
 // Runner calls fn at a bounded frequency.
 type Runner struct {
@@ -100,10 +106,17 @@ func (r *Runner) Loop(ctx context.Context) {
 		if have && !next.After(now) {
 			r.mu.Lock()
 			r.pending = false
+			prev := r.lastRun
 			r.lastRun = now
 			r.mu.Unlock()
 			retryAt = time.Time{}
-			if err := r.fn(); err != nil && r.retry > 0 {
+			err := r.fn()
+			switch {
+			case errors.Is(err, ErrNotReady):
+				r.mu.Lock()
+				r.lastRun = prev
+				r.mu.Unlock()
+			case err != nil && r.retry > 0:
 				retryAt = r.clock.Now().Add(r.retry)
 			}
 			continue

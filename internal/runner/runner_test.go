@@ -72,6 +72,25 @@ func TestRunner(t *testing.T) {
 				t.Fatalf("runs = %d after success, want 3 (no retry after a good run)", n)
 			}
 		}},
+		{"a run that was not ready does not delay the next", func(t *testing.T) {
+			var runs atomic.Int32
+			var ready atomic.Bool
+			r := New(func() error {
+				runs.Add(1)
+				if !ready.Load() {
+					return ErrNotReady
+				}
+				return nil
+			}, time.Hour, 0, 0)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go r.Loop(ctx)
+			r.Run()
+			waitFor(t, "the not-ready run", func() bool { return runs.Load() == 1 })
+			ready.Store(true)
+			r.Run()
+			waitFor(t, "the real run right away despite the hour-long min interval", func() bool { return runs.Load() == 2 })
+		}},
 		{"loop stops with its context", func(t *testing.T) {
 			r := New(func() error { return nil }, 0, time.Hour, 0)
 			ctx, cancel := context.WithCancel(context.Background())
