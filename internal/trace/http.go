@@ -18,7 +18,8 @@ const Path = "/debug/kproxy/trace"
 
 // Handler serves GET Path?from=SRC&to=DST:PORT[/PROTO][&proto=PROTO][&format=text]
 // with the Result as JSON (or as text with format=text). getSnap returns the
-// snapshot the data plane last applied; nil means not synced yet (503).
+// snapshot the data plane last applied; nil (or a snapshot of generation 0)
+// means not synced yet (503).
 func Handler(getSnap func() *model.Snapshot, opts Options) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if req.Method != http.MethodGet && req.Method != http.MethodHead {
@@ -36,7 +37,8 @@ func Handler(getSnap func() *model.Snapshot, opts Options) http.Handler {
 		if getSnap != nil {
 			snap = getSnap()
 		}
-		if snap == nil {
+		// Generation 0 is the tracker's placeholder before its first snapshot.
+		if snap == nil || snap.Generation == 0 {
 			httpError(w, http.StatusServiceUnavailable, errors.New("kproxy has not synced yet"))
 			return
 		}

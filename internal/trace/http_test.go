@@ -19,7 +19,7 @@ import (
 
 func TestHandler(t *testing.T) {
 	snap := testSnapshot(t)
-	var current *model.Snapshot // nil until "synced"
+	current := &model.Snapshot{} // the tracker's placeholder until the first sync
 	srv := httptest.NewServer(Handler(func() *model.Snapshot { return current }, Options{ClusterCIDRs: clusterCIDRs}))
 	defer srv.Close()
 	ctx := context.Background()
