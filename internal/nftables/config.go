@@ -3,8 +3,8 @@ package nftables
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"log/slog"
+	"net/netip"
 	"regexp"
 
 	v1 "k8s.io/api/core/v1"

@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -290,6 +291,9 @@ func (k *netlinkKernel) Read(_ context.Context, f family) (*Table, error) {
 			return nil, fmt.Errorf("list elements of %s: %w", s.Name, err)
 		}
 		sd := &SetData{KeyLen: int(s.KeyType.Bytes), DataLen: int(s.DataType.Bytes), Flags: setFlags(s)}
+		if spec, ok := specFor(s.Name); ok && spec.verdict {
+			sd.KeyLen, sd.DataLen = spec.keyLen(f), 0 // see decodeVerdict
+		}
 		for _, e := range els {
 			if e.IntervalEnd {
 				continue
@@ -301,14 +305,15 @@ func (k *netlinkKernel) Read(_ context.Context, f family) (*Table, error) {
 			if len(el.Val) == 0 {
 				el.Val = nil
 			}
-			if e.VerdictData != nil {
-				switch e.VerdictData.Kind {
-				case expr.VerdictDrop:
-					el.Verdict = verdictDrop
-				default:
-					el.Verdict = e.VerdictData.Chain
+			if spec, ok := specFor(s.Name); ok && spec.verdict {
+				// google/nftables v0.3.0 returns a verdict's nested attributes
+				// undecoded in Val (and clobbers the map's key type), so decode here.
+				v, err := decodeVerdict(e.Val)
+				if err != nil {
+					return nil, fmt.Errorf("set %s: %w", s.Name, err)
 				}
-				el.Val = nil
+				el.Verdict, el.Val = v, nil
+				sd.KeyLen, sd.DataLen = len(e.Key), 0
 			}
 			if s.HasTimeout {
 				el.Val = e.Val
@@ -381,4 +386,32 @@ func (k *netlinkKernel) Dump(ctx context.Context, families []family) (string, er
 		writeTable(&b, k.cfg.TableName, t, rules)
 	}
 	return b.String(), nil
+}
+
+// decodeVerdict decodes NFTA_VERDICT_CODE and NFTA_VERDICT_CHAIN.
+func decodeVerdict(b []byte) (string, error) {
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return "", fmt.Errorf("decode verdict: %w", err)
+	}
+	var code int32
+	var chain string
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_VERDICT_CODE:
+			code = int32(binary.BigEndian.Uint32(ad.Bytes()))
+		case unix.NFTA_VERDICT_CHAIN:
+			chain = ad.String()
+		}
+	}
+	if err := ad.Err(); err != nil {
+		return "", fmt.Errorf("decode verdict: %w", err)
+	}
+	switch code {
+	case unix.NFT_GOTO, unix.NFT_JUMP:
+		return chain, nil
+	case 0: // NF_DROP
+		return verdictDrop, nil
+	}
+	return "", fmt.Errorf("unexpected verdict %d", code)
 }

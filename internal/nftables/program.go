@@ -353,7 +353,8 @@ func (p *program) rules(chain string) [][]expr.Any {
 //
 // With affinity (registers: S = client address, F = frontend, D = endpoint):
 //  1. S.F in @affinity → D, and F.D in @affinity-valid: refresh the entry, dnat to D.
-//  2. S.F in @affinity → D, but F.D no longer valid (endpoint removed): delete the entry.
+//  2. S.F in @affinity → D, but F.D no longer valid (endpoint removed): delete the entry
+//     (the kernel wants a data register on a map even to delete).
 //  3. D = @backends-n[F . numgen mod n]; add S.F → D to @affinity with the timeout; dnat to D.
 func (p *program) classRules(c class) [][]expr.Any {
 	a := p.a
@@ -380,7 +381,7 @@ func (p *program) classRules(c class) [][]expr.Any {
 		cat(load, []expr.Any{
 			&expr.Lookup{SourceRegister: s, SetName: mapAffinity, DestRegister: d, IsDestRegSet: true},
 			lookup(setAffinityOK, f, true),
-			&expr.Dynset{SrcRegKey: s, SetName: mapAffinity, Operation: dynsetOpDelete},
+			&expr.Dynset{SrcRegKey: s, SrcRegData: d, SetName: mapAffinity, Operation: dynsetOpDelete},
 		}),
 		cat(load, []expr.Any{
 			&expr.Numgen{Register: d, Modulus: uint32(c.n), Type: unix.NFT_NG_RANDOM},

@@ -66,16 +66,16 @@ func (f family) size(k field) int {
 
 // Set names. They never contain ':' (nft 1.0.6 cannot parse it in names).
 const (
-	setClusterIPs     = "cluster-ips"     // every cluster IP: traffic still addressed to one after DNAT is rejected
-	setMasq           = "masquerade"      // frontends whose traffic is always masqueraded
-	mapFrontends      = "frontends"       // frontend → goto the DNAT chain of its class
-	mapAffinity       = "affinity"        // dynamic: client . frontend → endpoint, with a timeout
-	setAffinityOK     = "affinity-valid"  // frontend . endpoint pairs that still exist
-	setHairpin        = "hairpin"         // local endpoint . itself: a pod reaching itself, masqueraded
-	mapNoEndpoints    = "no-endpoints"    // frontend → goto reject | drop
-	setFirewall       = "firewall"        // load balancer frontends with source ranges
-	setFirewallAllow  = "firewall-allow"  // LB frontend . allowed source range
-	backendsPrefix    = "backends-"       // backends-N: frontend . slot → endpoint, for N endpoints
+	setClusterIPs     = "cluster-ips"    // every cluster IP: traffic still addressed to one after DNAT is rejected
+	setMasq           = "masquerade"     // frontends whose traffic is always masqueraded
+	mapFrontends      = "frontends"      // frontend → goto the DNAT chain of its class
+	mapAffinity       = "affinity"       // dynamic: client . frontend → endpoint, with a timeout
+	setAffinityOK     = "affinity-valid" // frontend . endpoint pairs that still exist
+	setHairpin        = "hairpin"        // local endpoint . itself: a pod reaching itself, masqueraded
+	mapNoEndpoints    = "no-endpoints"   // frontend → goto reject | drop
+	setFirewall       = "firewall"       // load balancer frontends with source ranges
+	setFirewallAllow  = "firewall-allow" // LB frontend . allowed source range
+	backendsPrefix    = "backends-"      // backends-N: frontend . slot → endpoint, for N endpoints
 	verdictDrop       = "drop"
 	chainReject       = "reject"
 	affinitySetSize   = 1 << 18

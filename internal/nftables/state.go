@@ -44,7 +44,7 @@ type State struct {
 	Chains        map[string]bool
 	ClusterIPs    map[netip.Addr]bool
 	Masquerade    map[Frontend]bool
-	Frontends     map[Frontend]string // the chain the frontend dispatches to
+	Frontends     map[Frontend]string                   // the chain the frontend dispatches to
 	Backends      map[int]map[Frontend][]netip.AddrPort // N → frontend → endpoint per slot
 	AffinityValid map[Frontend]map[netip.AddrPort]bool
 	Affinity      map[AffinityKey]AffinityEntry
