@@ -13,6 +13,7 @@ import (
 // object serves every listener of the port, so stats add up per endpoint.
 type endpoint struct {
 	addr netip.AddrPort
+	str  string // addr as text, to dial without formatting it each time
 
 	active       atomic.Int64
 	total        atomic.Uint64

@@ -45,9 +45,10 @@ type Proxier struct {
 	synced    bool
 	closed    bool
 
-	active atomic.Int64 // open TCP connections, for cfg.MaxConnections
-	wg     sync.WaitGroup
-	done   chan struct{}
+	active  atomic.Int64 // open TCP connections, for cfg.MaxConnections
+	workers workers
+	wg      sync.WaitGroup
+	done    chan struct{}
 }
 
 // The app's data plane contract, restated here to keep the two in step.
@@ -83,12 +84,13 @@ func newProxier(cfg Config, m *metrics.Metrics, addrs addrManager) *Proxier {
 		start:     time.Now(),
 		ctx:       ctx,
 		cancel:    cancel,
-		dialer:    net.Dialer{Timeout: cfg.DialTimeout},
+		dialer:    net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: -1},
 		ports:     map[model.ServicePortName]*servicePort{},
 		listeners: map[listenerKey]*listener{},
 		owned:     map[netip.Addr]bool{},
 		warned:    map[model.ServicePortName]bool{},
 		done:      make(chan struct{}),
+		workers:   workers{ch: make(chan func()), idle: 30 * time.Second},
 	}
 	p.wg.Add(1)
 	go p.janitor()
@@ -211,7 +213,7 @@ func (sp *servicePort) update(pv *model.PortView, nodeAddrs []netip.Addr) {
 		ap := e.AddrPort()
 		ep := sp.endpoints[ap]
 		if ep == nil {
-			ep = &endpoint{addr: ap}
+			ep = &endpoint{addr: ap, str: ap.String()}
 			if p.m != nil {
 				ep.activeGauge = p.m.UserspaceActiveConnections.WithLabelValues(sp.label, ap.String())
 			}

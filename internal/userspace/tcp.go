@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -21,6 +22,12 @@ import (
 // transfers; at several GB/s it costs one extra call every couple of milliseconds.
 const spliceChunk = 4 << 20
 
+// copyBufSize is the read/write buffer of a direction before it turns to
+// splice; a read that fills it marks the direction as bulk.
+const copyBufSize = 16 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+
 func notLocal(err error) bool { return errors.Is(err, syscall.EADDRNOTAVAIL) }
 
 func (p *Proxier) listen(key listenerKey, f *front) (*listener, error) {
@@ -28,11 +35,20 @@ func (p *Proxier) listen(key listenerKey, f *front) (*listener, error) {
 	l.front.Store(f)
 	switch key.proto {
 	case v1.ProtocolTCP:
-		ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(key.addr))
+		// No TCP keepalive on proxied connections: Go's default costs four
+		// setsockopt calls per connection on each side, and idle connections
+		// are ended by the idle timeout instead.
+		lc := net.ListenConfig{KeepAlive: -1}
+		ln, err := lc.Listen(p.ctx, "tcp", key.addr.String())
 		if err != nil {
 			return nil, fmt.Errorf("listen on %s: %w", key, err)
 		}
-		l.tcp = ln
+		tl, ok := ln.(*net.TCPListener)
+		if !ok {
+			_ = ln.Close()
+			return nil, fmt.Errorf("listen on %s: not a TCP listener", key)
+		}
+		l.tcp = tl
 		for range p.cfg.AcceptLoops {
 			p.wg.Add(1)
 			go p.acceptLoop(l)
@@ -71,7 +87,7 @@ func (p *Proxier) acceptLoop(l *listener) {
 			continue
 		}
 		delay = 0
-		go p.serveTCP(l, c)
+		p.workers.run(func() { p.serveTCP(l, c) })
 	}
 }
 
@@ -105,7 +121,7 @@ func (p *Proxier) serveTCP(l *listener, client *net.TCPConn) {
 		reset(client)
 		return
 	}
-	c := &tcpConn{client: client, backend: backend, ep: ep}
+	c := &tcpConn{p: p, client: client, backend: backend, ep: ep}
 	if !sp.track(c) {
 		c.abort()
 		return
@@ -134,9 +150,17 @@ func (p *Proxier) dialEndpoint(f *front, src netip.Addr, fam family) (*net.TCPCo
 		if ep == nil {
 			break
 		}
-		conn, err := p.dialer.DialTCP(p.ctx, "tcp", netip.AddrPort{}, ep.addr)
+		// DialContext, not Dialer.DialTCP: the latter binds an explicit (zero)
+		// local address before connecting, and bind(port 0) neither shares
+		// ports across destinations nor reuses TIME_WAIT ports the way
+		// connect() does, so it runs out of ports under a high connection rate.
+		conn, err := p.dialer.DialContext(p.ctx, "tcp", ep.str)
 		if err == nil {
-			return conn, ep
+			if tc, ok := conn.(*net.TCPConn); ok {
+				return tc, ep
+			}
+			_ = conn.Close()
+			err = errors.New("not a TCP connection")
 		}
 		ep.dialFailures.Add(1)
 		ep.backoffUntil.Store(p.now() + int64(p.cfg.EndpointBackoff))
@@ -152,6 +176,7 @@ func (p *Proxier) dialEndpoint(f *front, src netip.Addr, fam family) (*net.TCPCo
 
 // tcpConn is one proxied TCP connection.
 type tcpConn struct {
+	p               *Proxier
 	client, backend *net.TCPConn
 	ep              *endpoint
 	aborted         atomic.Bool
@@ -171,37 +196,89 @@ func (c *tcpConn) abort() {
 // run copies both ways until both sides finished or one failed.
 func (c *tcpConn) run(idle time.Duration, sp *servicePort) {
 	done := make(chan struct{})
-	go func() {
+	c.p.workers.run(func() {
 		c.pipe(c.backend, c.client, idle, &c.ep.bytesIn, sp.bytesIn)
 		close(done)
-	}()
+	})
 	c.pipe(c.client, c.backend, idle, &c.ep.bytesOut, sp.bytesOut)
 	<-done
 	c.abort()
 }
 
-// pipe copies src to dst with splice (io.Copy between two *net.TCPConn never
-// enters userspace), passes a half-close on, and ends the connection after
-// idle without data both ways. The idle check asks the kernel when each socket
-// last received data (TCP_INFO), because a running splice does not report
-// progress until it returns.
+// pipe copies src to dst, passes a half-close on, and ends the connection
+// after idle without data both ways.
+//
+// Small exchanges are copied through a pooled buffer with read/write; once a
+// read fills the whole buffer the direction carries bulk data and switches to
+// splice (io.Copy between two *net.TCPConn), which moves pages between the
+// sockets without copying them to userspace. Splicing from the first byte
+// costs a pipe per direction and two splice calls per message, which is
+// slower than read/write for request/response traffic.
+//
+// The idle check asks the kernel when each socket last received data
+// (TCP_INFO), because a running splice does not report progress until it returns.
 func (c *tcpConn) pipe(dst, src *net.TCPConn, idle time.Duration, epBytes *atomic.Uint64, bytes prometheus.Counter) {
 	wait := idle
-	for {
-		if err := src.SetReadDeadline(time.Now().Add(wait)); err != nil {
-			c.abort()
-			return
+	bulk := false
+	var bp *[]byte
+	defer func() {
+		if bp != nil {
+			bufPool.Put(bp)
 		}
-		lr := io.LimitedReader{R: src, N: spliceChunk}
-		n, err := dst.ReadFrom(&lr)
+	}()
+	account := func(n int64) {
 		if n > 0 {
 			epBytes.Add(uint64(n))
 			if bytes != nil {
 				bytes.Add(float64(n))
 			}
 		}
+	}
+	var until time.Time // the read deadline in force
+	for {
+		// Moving the deadline on every message would cost a timer update per
+		// read; moving it when it has aged by an eighth is enough, since an
+		// early expiry only leads to the TCP_INFO check below.
+		if want := time.Now().Add(wait); wait != idle || want.Sub(until) > idle/8 {
+			if err := src.SetReadDeadline(want); err != nil {
+				c.abort()
+				return
+			}
+			until = want
+		}
+		var n int64
+		var err error
+		eof := false
+		if bulk {
+			lr := io.LimitedReader{R: src, N: spliceChunk}
+			n, err = dst.ReadFrom(&lr)
+			eof = err == nil && lr.N > 0
+		} else {
+			if bp == nil {
+				bp = bufPool.Get().(*[]byte)
+			}
+			buf := *bp
+			var m int
+			m, err = src.Read(buf)
+			if m > 0 {
+				if _, werr := dst.Write(buf[:m]); werr != nil {
+					c.abort()
+					return
+				}
+				n = int64(m)
+				if m == len(buf) {
+					bulk = true
+					bufPool.Put(bp)
+					bp = nil
+				}
+			}
+			if errors.Is(err, io.EOF) {
+				eof, err = true, nil
+			}
+		}
+		account(n)
 		switch {
-		case err == nil && lr.N > 0:
+		case eof:
 			// End of stream: pass the half-close on; the other direction may
 			// still carry the reply.
 			if err := dst.CloseWrite(); err != nil {
@@ -209,7 +286,9 @@ func (c *tcpConn) pipe(dst, src *net.TCPConn, idle time.Duration, epBytes *atomi
 			}
 			return
 		case err == nil:
-			wait = idle
+			if bulk || n > 0 {
+				wait = idle
+			}
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			if n > 0 {
 				wait = idle

@@ -87,7 +87,7 @@ func (u *udpListener) newFlow(client netip.AddrPort) *udpFlow {
 		if ep == nil {
 			return nil
 		}
-		backend, err := p.dialer.DialUDP(p.ctx, "udp", netip.AddrPort{}, ep.addr)
+		backend, err := p.dialUDP(ep)
 		if err != nil {
 			ep.dialFailures.Add(1)
 			ep.backoffUntil.Store(p.now() + int64(p.cfg.EndpointBackoff))
@@ -201,4 +201,19 @@ func (u *udpListener) closeAll() {
 	for _, f := range flows {
 		f.abort()
 	}
+}
+
+// dialUDP connects a flow's socket to the endpoint (see dialEndpoint on why
+// not Dialer.DialUDP).
+func (p *Proxier) dialUDP(ep *endpoint) (*net.UDPConn, error) {
+	conn, err := p.dialer.DialContext(p.ctx, "udp", ep.str)
+	if err != nil {
+		return nil, err
+	}
+	uc, ok := conn.(*net.UDPConn)
+	if !ok {
+		_ = conn.Close()
+		return nil, errors.New("not a UDP socket")
+	}
+	return uc, nil
 }
