@@ -15,9 +15,10 @@ const (
 )
 
 // answer handles one query on the hot path: parse, look up the precomputed
-// answer, and append the response to dst. limit is the largest response the
-// transport may send. It allocates nothing.
-func (s *Server) answer(dst, req []byte, q *question, limit int) ([]byte, int, action) {
+// answer, and append the response to dst. udp selects the UDP size limits (TCP
+// answers go up to 64 KiB). It returns the rcode for the metrics. It allocates
+// nothing.
+func (s *Server) answer(dst, req []byte, q *question, udp bool) ([]byte, int, action) {
 	switch parseQuery(req, q) {
 	case parseDrop:
 		return dst, 0, actDrop
@@ -26,7 +27,8 @@ func (s *Server) answer(dst, req []byte, q *question, limit int) ([]byte, int, a
 	case parseNotImp:
 		return headerOnly(dst, req, rcodeNotImp), rcodeNotImp, actReply
 	}
-	if limit < maxTCPSize {
+	limit := maxTCPSize
+	if udp {
 		limit = minUDPSize
 		if q.edns {
 			limit = min(max(int(q.ednsSize), minUDPSize), maxUDPSize)

@@ -52,7 +52,7 @@ func query(name string, qtype uint16, mutate func(*mdns.Msg)) []byte {
 func ask(t *testing.T, s *Server, req []byte, limit int) (*mdns.Msg, action) {
 	t.Helper()
 	var q question
-	out, _, act := s.answer(nil, req, &q, limit)
+	out, _, act := s.answer(nil, req, &q, limit < maxTCPSize)
 	if act != actReply {
 		return nil, act
 	}
@@ -183,7 +183,7 @@ func TestProtocol(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var q question
-			out, _, act := s.answer(nil, tc.req, &q, tc.limit)
+			out, _, act := s.answer(nil, tc.req, &q, tc.limit < maxTCPSize)
 			var r *mdns.Msg
 			if act == actReply {
 				r = new(mdns.Msg)
@@ -270,7 +270,7 @@ func TestMetrics(t *testing.T) {
 	s.Update(fixture("10.244.0.5"))
 	for range 3 {
 		var q question
-		_, rcode, _ := s.answer(nil, query("nope.default.svc.cluster.local.", mdns.TypeA, nil), &q, minUDPSize)
+		_, rcode, _ := s.answer(nil, query("nope.default.svc.cluster.local.", mdns.TypeA, nil), &q, true)
 		s.count(protoUDP, rcode)
 	}
 	var d dto.Metric
@@ -300,7 +300,7 @@ func TestAnswerAllocs(t *testing.T) {
 		req := query(tc.name, tc.qtype, func(m *mdns.Msg) { m.SetEdns0(1232, false) })
 		out := make([]byte, 0, maxTCPSize)
 		var q question
-		allocs := testing.AllocsPerRun(200, func() { s.answer(out[:0], req, &q, minUDPSize) })
+		allocs := testing.AllocsPerRun(200, func() { s.answer(out[:0], req, &q, true) })
 		if allocs != 0 {
 			t.Errorf("%s: %v allocations per query", tc.name, allocs)
 		}
@@ -340,7 +340,7 @@ func BenchmarkAnswer(b *testing.B) {
 	var q question
 	b.ReportAllocs()
 	for b.Loop() {
-		s.answer(out[:0], req, &q, minUDPSize)
+		s.answer(out[:0], req, &q, true)
 	}
 }
 
@@ -390,7 +390,7 @@ func TestConcurrentUpdate(t *testing.T) {
 					return
 				default:
 				}
-				if _, rcode, _ := s.answer(out[:0], reqs[i%len(reqs)], &q, minUDPSize); rcode == rcodeServFail {
+				if _, rcode, _ := s.answer(out[:0], reqs[i%len(reqs)], &q, true); rcode == rcodeServFail {
 					errs <- fmt.Errorf("SERVFAIL during updates")
 					return
 				}

@@ -75,7 +75,7 @@ func (s *Server) forward(m *mdns.Msg, udp bool) *mdns.Msg {
 // upstream's rcode (RFC 6604: the rcode is about the last name of the chain).
 func (s *Server) chaseUpstream(m *mdns.Msg, req []byte, udp bool) *mdns.Msg {
 	var q question
-	own, _, act := s.answer(nil, req, &q, maxTCPSize)
+	own, _, act := s.answer(nil, req, &q, false)
 	if act != actChase {
 		// The index changed under us; answer from the new one.
 		r := new(mdns.Msg)

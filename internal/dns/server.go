@@ -277,7 +277,7 @@ func (s *Server) serveUDP(c *net.UDPConn) {
 			s.log.Debug("dns udp read", "err", err)
 			continue
 		}
-		resp, rcode, act := s.answer(out[:0], req[:n], &q, minUDPSize)
+		resp, rcode, act := s.answer(out[:0], req[:n], &q, true)
 		switch act {
 		case actReply:
 			if _, err := c.WriteToUDPAddrPort(resp, addr); err != nil {
@@ -355,7 +355,7 @@ func (s *Server) serveConn(c net.Conn) {
 		if _, err := io.ReadFull(c, req[:n]); err != nil {
 			return
 		}
-		resp, rcode, act := s.answer(out[:2], req[:n], &q, maxTCPSize)
+		resp, rcode, act := s.answer(out[:2], req[:n], &q, false)
 		switch act {
 		case actDrop:
 			return
