@@ -98,7 +98,7 @@ func (n *NS) Do(fn func() error) error {
 // Node is a node namespace with a pod bridge and an uplink.
 type Node struct {
 	*NS
-	Index  int
+	Index              int
 	BridgeV4, BridgeV6 netip.Addr
 	UplinkV4, UplinkV6 netip.Addr
 	pods               int

@@ -18,6 +18,9 @@ type Fake struct {
 	failOn func(*transaction) error
 	// Transactions counts applied transactions.
 	Transactions int
+	// LastElements counts the element additions and deletions of the last
+	// applied transaction: what an incremental sync cost.
+	LastElements int
 }
 
 type fakeTable struct {
@@ -78,6 +81,15 @@ func (k *Fake) Apply(_ context.Context, tx *transaction) error {
 	}
 	k.tables = next
 	k.Transactions++
+	k.LastElements = 0
+	for _, ft := range tx.fams {
+		for _, els := range ft.adds {
+			k.LastElements += len(els)
+		}
+		for _, els := range ft.dels {
+			k.LastElements += len(els)
+		}
+	}
 	return nil
 }
 

@@ -1,0 +1,331 @@
+package nftables
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/kproxy/kproxy/internal/conntrack"
+)
+
+// Unit tests on the fake kernel: the Proxier writes sets, the Tracer runs
+// packets through the rule program over what the fake holds.
+// IP plan: see helpers_test.go. Pods on this node are 10.244.0.x, on another
+// node 10.244.1.x; the client is 192.168.100.2; the node is 192.168.100.1.
+
+type flow struct {
+	name     string
+	src      string
+	proto    v1.Protocol
+	dst      string
+	port     uint16
+	fromNode bool
+	want     string // "DROP", "REJECT", "ACCEPT" (not DNATed) or a comma-separated endpoint list
+	masq     bool
+}
+
+func newFake(t *testing.T, mod func(*Config)) (*Proxier, *Fake, *conntrack.Fake) {
+	t.Helper()
+	cfg := Config{ClusterCIDRs: clusterCIDRs, Logger: slog.New(slog.DiscardHandler)}
+	if mod != nil {
+		mod(&cfg)
+	}
+	p, k, err := NewFake(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, k, p.ct.(*conntrack.Fake)
+}
+
+func traceFlow(t *testing.T, p *Proxier, f flow) TraceResult {
+	t.Helper()
+	states, err := p.States(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := netip.MustParseAddr(f.dst)
+	proto := f.proto
+	if proto == "" {
+		proto = v1.ProtocolTCP
+	}
+	tr := &Tracer{Config: p.Config(), LocalAddrs: nodeAddrs}
+	for _, st := range states {
+		if familyOf(st.Family).contains(dst) {
+			return tr.Trace(st, Packet{Src: netip.MustParseAddr(f.src), Proto: proto, Dst: dst, Port: f.port, FromNode: f.fromNode})
+		}
+	}
+	t.Fatalf("no table for %s", dst)
+	return TraceResult{}
+}
+
+func checkFlows(t *testing.T, p *Proxier, flows []flow) {
+	t.Helper()
+	for _, f := range flows {
+		t.Run(f.name, func(t *testing.T) {
+			r := traceFlow(t, p, f)
+			got := string(r.Verdict)
+			if len(r.Endpoints) > 0 {
+				var eps []string
+				for _, e := range r.Endpoints {
+					eps = append(eps, e.String())
+				}
+				got = strings.Join(eps, ",")
+			}
+			if got != f.want || (len(r.Endpoints) > 0 && r.Masquerade != f.masq) {
+				t.Errorf("%s %s → %s:%d: got %s masquerade=%v, want %s masquerade=%v\nsteps: %s",
+					f.proto, f.src, f.dst, f.port, got, r.Masquerade, f.want, f.masq, strings.Join(r.Steps, "; "))
+			}
+		})
+	}
+}
+
+func nodePort(np int32, local bool) func(*v1.Service) {
+	return func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeNodePort
+		s.Spec.Ports[0].NodePort = np
+		if local {
+			s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+		}
+	}
+}
+
+func clusterIP(ips ...string) func(*v1.Service) {
+	return func(s *v1.Service) {
+		s.Spec.ClusterIP, s.Spec.ClusterIPs = ips[0], ips
+	}
+}
+
+func combine(mods ...func(*v1.Service)) func(*v1.Service) {
+	return func(s *v1.Service) {
+		for _, m := range mods {
+			m(s)
+		}
+	}
+}
+
+func TestFlows(t *testing.T) {
+	p, k, _ := newFake(t, nil)
+	w := newWorld(t)
+	tcp, udp := v1.ProtocolTCP, v1.ProtocolUDP
+	w.service(makeService("web", clusterIP("10.96.0.10")),
+		makeSlice("web", 8080, tcp, ep{ip: "10.244.0.2"}, ep{ip: "10.244.1.2", node: "node-b"}))
+	w.service(makeService("single", clusterIP("10.96.0.12")), makeSlice("single", 8080, tcp, ep{ip: "10.244.0.2"}))
+	w.service(makeService("empty", combine(clusterIP("10.96.0.11"), func(s *v1.Service) { s.Spec.Ports[0].Protocol = udp })))
+	w.service(makeService("np", combine(clusterIP("10.96.0.20"), nodePort(30080, false))),
+		makeSlice("np", 8080, tcp, ep{ip: "10.244.0.3"}, ep{ip: "10.244.1.3", node: "node-b"}))
+	w.service(makeService("np-local", combine(clusterIP("10.96.0.21"), nodePort(30081, true))),
+		makeSlice("np-local", 8080, tcp, ep{ip: "10.244.0.4"}, ep{ip: "10.244.1.4", node: "node-b"}))
+	w.service(makeService("np-local-none", combine(clusterIP("10.96.0.22"), nodePort(30082, true))),
+		makeSlice("np-local-none", 8080, tcp, ep{ip: "10.244.1.5", node: "node-b"}))
+	w.service(makeService("np-empty", combine(clusterIP("10.96.0.23"), nodePort(30083, false))))
+	w.service(makeService("lb", combine(clusterIP("10.96.0.30"), nodePort(30090, false), func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeLoadBalancer
+		s.Spec.LoadBalancerSourceRanges = []string{"192.168.100.0/28"}
+		s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "192.168.201.1"}}
+	})), makeSlice("lb", 8080, tcp, ep{ip: "10.244.0.6"}))
+	w.service(makeService("ext", combine(clusterIP("10.96.0.40"), func(s *v1.Service) {
+		s.Spec.ExternalIPs = []string{"192.168.200.1"}
+	})), makeSlice("ext", 8080, tcp, ep{ip: "10.244.1.7", node: "node-b"}))
+	w.service(makeService("itp", combine(clusterIP("10.96.0.50"), func(s *v1.Service) {
+		s.Spec.InternalTrafficPolicy = ptr(v1.ServiceInternalTrafficPolicyLocal)
+	})), makeSlice("itp", 8080, tcp, ep{ip: "10.244.1.8", node: "node-b"}))
+	w.service(makeService("term", clusterIP("10.96.0.60")),
+		makeSlice("term", 8080, tcp, ep{ip: "10.244.0.9", terminating: true}, ep{ip: "10.244.0.10", notReady: true}))
+	w.service(makeService("sctp", combine(clusterIP("10.96.0.70"), func(s *v1.Service) { s.Spec.Ports[0].Protocol = v1.ProtocolSCTP })),
+		makeSlice("sctp", 9000, v1.ProtocolSCTP, ep{ip: "10.244.0.11"}))
+	w.service(makeService("v6", combine(clusterIP("fd00:10:96::10"), func(s *v1.Service) {
+		s.Spec.IPFamilies = []v1.IPFamily{v1.IPv6Protocol}
+	})), makeSlice("v6", 8080, tcp, ep{ip: "fd00:10:244::2"}, ep{ip: "fd00:10:244:1::2", node: "node-b"}))
+	w.service(makeService("aff", combine(clusterIP("10.96.0.80"), affinity(60))),
+		makeSlice("aff", 8080, tcp, ep{ip: "10.244.0.12"}, ep{ip: "10.244.1.12", node: "node-b"}))
+
+	if err := p.Sync(context.Background(), w.snap(), true); err != nil {
+		t.Fatal(err)
+	}
+	k.SetAffinity(netip.MustParseAddr("10.244.0.99"), Frontend{Addr: netip.MustParseAddr("10.96.0.80"), Proto: protoTCP, Port: 80},
+		netip.MustParseAddrPort("10.244.1.12:8080"))
+
+	pod, client, node := "10.244.0.5", "192.168.100.2", "192.168.100.1"
+	checkFlows(t, p, []flow{
+		{name: "pod to ClusterIP: every endpoint, no masquerade", src: pod, dst: "10.96.0.10", port: 80, want: "10.244.0.2:8080,10.244.1.2:8080"},
+		{name: "node to ClusterIP: masquerade", src: node, dst: "10.96.0.10", port: 80, fromNode: true, want: "10.244.0.2:8080,10.244.1.2:8080", masq: true},
+		{name: "outside cluster CIDR to ClusterIP: masquerade", src: client, dst: "10.96.0.10", port: 80, want: "10.244.0.2:8080,10.244.1.2:8080", masq: true},
+		{name: "unserved ClusterIP port: reject", src: pod, dst: "10.96.0.10", port: 81, want: "REJECT"},
+		{name: "hairpin: masquerade", src: "10.244.0.2", dst: "10.96.0.12", port: 80, want: "10.244.0.2:8080", masq: true},
+		{name: "no endpoints: reject (udp)", src: pod, proto: udp, dst: "10.96.0.11", port: 80, want: "REJECT"},
+		{name: "NodePort from client: masquerade", src: client, dst: node, port: 30080, want: "10.244.0.3:8080,10.244.1.3:8080", masq: true},
+		{name: "NodePort on the bridge address", src: client, dst: "10.244.0.1", port: 30080, want: "10.244.0.3:8080,10.244.1.3:8080", masq: true},
+		{name: "NodePort on localhost: off by default", src: "127.0.0.1", dst: "127.0.0.1", port: 30080, fromNode: true, want: "ACCEPT"},
+		{name: "NodePort ETP Local: local endpoint, client IP kept", src: client, dst: node, port: 30081, want: "10.244.0.4:8080"},
+		{name: "ETP Local ClusterIP still uses all", src: pod, dst: "10.96.0.21", port: 80, want: "10.244.0.4:8080,10.244.1.4:8080"},
+		{name: "NodePort ETP Local without local endpoint: drop", src: client, dst: node, port: 30082, want: "DROP"},
+		{name: "NodePort without endpoints: reject", src: client, dst: node, port: 30083, want: "REJECT"},
+		{name: "not a NodePort: untouched", src: client, dst: node, port: 30099, want: "ACCEPT"},
+		{name: "LB from allowed range", src: client, dst: "192.168.201.1", port: 80, want: "10.244.0.6:8080", masq: true},
+		{name: "LB from outside the source ranges: drop", src: "192.168.100.100", dst: "192.168.201.1", port: 80, want: "DROP"},
+		{name: "externalIP", src: client, dst: "192.168.200.1", port: 80, want: "10.244.1.7:8080", masq: true},
+		{name: "ITP Local without local endpoint: drop", src: pod, dst: "10.96.0.50", port: 80, want: "DROP"},
+		{name: "terminating endpoint serves when none is ready", src: pod, dst: "10.96.0.60", port: 80, want: "10.244.0.9:8080"},
+		{name: "SCTP", src: pod, proto: v1.ProtocolSCTP, dst: "10.96.0.70", port: 80, want: "10.244.0.11:9000"},
+		{name: "IPv6 ClusterIP", src: "fd00:10:244::5", dst: "fd00:10:96::10", port: 80, want: "[fd00:10:244::2]:8080,[fd00:10:244:1::2]:8080"},
+		{name: "IPv6 from outside: masquerade", src: "fd00:100::2", dst: "fd00:10:96::10", port: 80, want: "[fd00:10:244::2]:8080,[fd00:10:244:1::2]:8080", masq: true},
+		{name: "affinity: new client may go anywhere", src: pod, dst: "10.96.0.80", port: 80, want: "10.244.0.12:8080,10.244.1.12:8080"},
+		{name: "affinity: known client is pinned", src: "10.244.0.99", dst: "10.96.0.80", port: 80, want: "10.244.1.12:8080"},
+	})
+}
+
+func TestFlowsMasqueradeAllAndLocalhost(t *testing.T) {
+	p, _, _ := newFake(t, func(c *Config) { c.MasqueradeAll = true; c.LocalhostNodePorts = true })
+	w := newWorld(t)
+	w.service(makeService("np", combine(clusterIP("10.96.0.20"), nodePort(30080, true))),
+		makeSlice("np", 8080, v1.ProtocolTCP, ep{ip: "10.244.0.3"}))
+	if err := p.Sync(context.Background(), w.snap(), true); err != nil {
+		t.Fatal(err)
+	}
+	checkFlows(t, p, []flow{
+		{name: "pod to ClusterIP masqueraded", src: "10.244.0.5", dst: "10.96.0.20", port: 80, want: "10.244.0.3:8080", masq: true},
+		{name: "ETP Local masqueraded too", src: "192.168.100.2", dst: "192.168.100.1", port: 30080, want: "10.244.0.3:8080", masq: true},
+		{name: "localhost NodePort", src: "127.0.0.1", dst: "127.0.0.1", port: 30080, fromNode: true, want: "10.244.0.3:8080", masq: true},
+	})
+}
+
+func TestIncrementalSyncTouchesOnlyTheChange(t *testing.T) {
+	p, k, _ := newFake(t, nil)
+	w := newWorld(t)
+	for i := 0; i < 50; i++ {
+		name := "svc" + string(rune('a'+i%26)) + string(rune('a'+i/26))
+		ip := netip.AddrFrom4([4]byte{10, 96, 1, byte(i)}).String()
+		w.service(makeService(name, clusterIP(ip)), makeSlice(name, 8080, v1.ProtocolTCP, ep{ip: "10.244.0.2"}, ep{ip: "10.244.0.3"}))
+	}
+	if err := p.Sync(context.Background(), w.snap(), true); err != nil {
+		t.Fatal(err)
+	}
+	// One endpoint more: the frontend moves from dnat-2 to dnat-3 (1 replace)
+	// and gets 3 backends-3 elements; the 2 backends-2 elements go; the new
+	// local endpoint gets a hairpin element.
+	w.tr.OnEndpointSliceUpdate(nil, makeSlice("svcaa", 8080, v1.ProtocolTCP, ep{ip: "10.244.0.2"}, ep{ip: "10.244.0.3"}, ep{ip: "10.244.0.4"}))
+	if err := p.Sync(context.Background(), w.snap(), false); err != nil {
+		t.Fatal(err)
+	}
+	if k.LastElements != 2+3+2+1 {
+		t.Errorf("incremental sync changed %d elements, want 8", k.LastElements)
+	}
+	checkFlows(t, p, []flow{{name: "new endpoint", src: "10.244.0.5", dst: "10.96.1.0", port: 80,
+		want: "10.244.0.2:8080,10.244.0.3:8080,10.244.0.4:8080"}})
+	// A full resync of an unchanged model changes nothing.
+	if err := p.Sync(context.Background(), w.snap(), true); err != nil {
+		t.Fatal(err)
+	}
+	if k.LastElements != 0 {
+		t.Errorf("full resync of an unchanged model changed %d elements", k.LastElements)
+	}
+}
+
+func TestFailedSyncKeepsRulesAndForcesFull(t *testing.T) {
+	p, k, _ := newFake(t, nil)
+	w := newWorld(t)
+	w.service(makeService("web", clusterIP("10.96.0.10")), makeSlice("web", 8080, v1.ProtocolTCP, ep{ip: "10.244.0.2"}))
+	if err := p.Sync(context.Background(), w.snap(), true); err != nil {
+		t.Fatal(err)
+	}
+	k.FailNext(errors.New("injected"))
+	w.tr.OnEndpointSliceUpdate(nil, makeSlice("web", 8080, v1.ProtocolTCP, ep{ip: "10.244.0.3"}))
+	err := p.Sync(context.Background(), w.snap(), false)
+	if !IsTransactionError(err) {
+		t.Fatalf("sync error %v, want a transaction error", err)
+	}
+	checkFlows(t, p, []flow{{name: "old rules in force", src: "10.244.0.5", dst: "10.96.0.10", port: 80, want: "10.244.0.2:8080"}})
+	// The next sync is full even though the caller asks for a partial one, and
+	// it catches up with the change the failed one carried.
+	if err := p.Sync(context.Background(), w.snap(), false); err != nil {
+		t.Fatal(err)
+	}
+	checkFlows(t, p, []flow{{name: "caught up", src: "10.244.0.5", dst: "10.96.0.10", port: 80, want: "10.244.0.3:8080"}})
+}
+
+func TestRestartTakesOverAndRemovesLeftovers(t *testing.T) {
+	p, k, _ := newFake(t, nil)
+	w := newWorld(t)
+	w.service(makeService("keep", clusterIP("10.96.0.10")), makeSlice("keep", 8080, v1.ProtocolTCP, ep{ip: "10.244.0.2"}))
+	w.service(makeService("gone", clusterIP("10.96.0.11")), makeSlice("gone", 8080, v1.ProtocolTCP, ep{ip: "10.244.0.3"}, ep{ip: "10.244.0.4"}, ep{ip: "10.244.0.5"}))
+	if err := p.Sync(context.Background(), w.snap(), true); err != nil {
+		t.Fatal(err)
+	}
+	// A new kproxy on the same kernel, whose model lost "gone".
+	p2 := newProxier(p.Config(), nil, k, &conntrack.Fake{})
+	w2 := newWorld(t)
+	w2.service(makeService("keep", clusterIP("10.96.0.10")), makeSlice("keep", 8080, v1.ProtocolTCP, ep{ip: "10.244.0.2"}))
+	if err := p2.Sync(context.Background(), w2.snap(), true); err != nil {
+		t.Fatal(err)
+	}
+	// Only the leftovers changed: gone's cluster IP, frontend and 3 backends.
+	if k.LastElements != 5 {
+		t.Errorf("takeover changed %d elements, want 5", k.LastElements)
+	}
+	tables, _ := p2.Tables(context.Background())
+	for _, tb := range tables {
+		if _, ok := tb.Chains["dnat-3"]; ok {
+			t.Errorf("leftover chain dnat-3 in %s table", tb.Family)
+		}
+		if _, ok := tb.Sets["backends-3"]; ok {
+			t.Errorf("leftover set backends-3 in %s table", tb.Family)
+		}
+	}
+	checkFlows(t, p2, []flow{
+		{name: "kept", src: "10.244.0.9", dst: "10.96.0.10", port: 80, want: "10.244.0.2:8080"},
+		{name: "gone", src: "10.244.0.9", dst: "10.96.0.11", port: 80, want: "ACCEPT"},
+	})
+}
+
+func TestStaleUDPConntrack(t *testing.T) {
+	p, _, ct := newFake(t, nil)
+	w := newWorld(t)
+	udp := v1.ProtocolUDP
+	dns := combine(clusterIP("10.96.0.53"), func(s *v1.Service) { s.Spec.Ports[0].Protocol = udp })
+	w.service(makeService("dns", dns))
+	if err := p.Sync(context.Background(), w.snap(), true); err != nil {
+		t.Fatal(err)
+	}
+	// 0 → 1 endpoint: entries made while it was rejected must go.
+	w.tr.OnEndpointSliceAdd(makeSlice("dns", 53, udp, ep{ip: "10.244.0.2"}, ep{ip: "10.244.0.3"}))
+	if err := p.Sync(context.Background(), w.snap(), false); err != nil {
+		t.Fatal(err)
+	}
+	want := []conntrack.Filter{{Proto: protoUDP, OrigDst: netip.MustParseAddr("10.96.0.53"), OrigDstPort: 80}}
+	if got := ct.Filters(); !slices.Equal(got, want) {
+		t.Errorf("after 0→2 endpoints: filters %v, want %v", got, want)
+	}
+	// An endpoint removed: its entries go.
+	w.tr.OnEndpointSliceUpdate(nil, makeSlice("dns", 53, udp, ep{ip: "10.244.0.3"}))
+	if err := p.Sync(context.Background(), w.snap(), false); err != nil {
+		t.Fatal(err)
+	}
+	want = []conntrack.Filter{{Proto: protoUDP, OrigDst: netip.MustParseAddr("10.96.0.53"), OrigDstPort: 80, ReplySrc: netip.MustParseAddr("10.244.0.2")}}
+	if got := ct.Filters(); !slices.Equal(got, want) {
+		t.Errorf("after removing an endpoint: filters %v, want %v", got, want)
+	}
+}
+
+func TestDumpDecodesElements(t *testing.T) {
+	p, _, _ := newFake(t, nil)
+	w := newWorld(t)
+	w.service(makeService("web", clusterIP("10.96.0.10")), makeSlice("web", 8080, v1.ProtocolTCP, ep{ip: "10.244.0.2"}))
+	if err := p.Sync(context.Background(), w.snap(), true); err != nil {
+		t.Fatal(err)
+	}
+	s, err := p.Dump(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"10.96.0.10 . tcp . 80 : goto dnat-1", "10.96.0.10 . tcp . 80 . 0 : 10.244.0.2 . 8080"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("dump lacks %q:\n%s", want, s)
+		}
+	}
+}
