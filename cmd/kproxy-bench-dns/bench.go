@@ -40,6 +40,7 @@ type options struct {
 	udpSockets                    int
 	clients                       int
 	verbose                       bool
+	rate                          int
 }
 
 func run(args []string) int {
@@ -56,6 +57,7 @@ func run(args []string) int {
 	fs.IntVar(&o.udpSockets, "udp-sockets", 0, "kproxy UDP sockets (0: GOMAXPROCS)")
 	fs.IntVar(&o.clients, "dnsperf-clients", 8, "dnsperf client sockets (-c)")
 	fs.BoolVar(&o.verbose, "v", false, "print dnsperf's own report")
+	fs.IntVar(&o.rate, "rate", 0, "offered load in queries per second (0: as fast as answers come back); latency under a fixed load is the fair comparison")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -223,8 +225,12 @@ type result struct {
 
 func bench(o options) error {
 	c := makeCluster(o)
-	fmt.Printf("fixture: %d ClusterIP services, %d headless × %d endpoints; concurrency %d, %v per run, GOMAXPROCS %d\n",
-		o.services, o.headless, o.endpoints, o.concurrency, o.duration, runtime.GOMAXPROCS(0))
+	rate := "unlimited"
+	if o.rate > 0 {
+		rate = fmt.Sprintf("%d qps", o.rate)
+	}
+	fmt.Printf("fixture: %d ClusterIP services, %d headless × %d endpoints; concurrency %d, offered load %s, %v per run, GOMAXPROCS %d\n",
+		o.services, o.headless, o.endpoints, o.concurrency, rate, o.duration, runtime.GOMAXPROCS(0))
 	haveDnsperf := false
 	if _, err := exec.LookPath("dnsperf"); err == nil {
 		haveDnsperf = true
@@ -311,6 +317,9 @@ func runDnsperf(addr string, qs [][2]string, o options) (result, error) {
 	secs := max(1, int(o.duration/time.Second))
 	cmd := exec.Command("dnsperf", "-s", ap.Addr().String(), "-p", strconv.Itoa(int(ap.Port())),
 		"-d", f.Name(), "-l", strconv.Itoa(secs), "-c", strconv.Itoa(o.clients), "-T", "1", "-q", strconv.Itoa(o.concurrency), "-t", "2")
+	if o.rate > 0 {
+		cmd.Args = append(cmd.Args, "-Q", strconv.Itoa(o.rate))
+	}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return result{}, fmt.Errorf("dnsperf: %w\n%s", err, out)
@@ -382,15 +391,30 @@ func runGo(addr string, qs [][2]string, o options) (result, error) {
 			defer conn.Close()
 			buf := make([]byte, 65535)
 			id := uint16(w * 1000)
+			// With a rate, each worker sends on its own schedule and latency counts
+			// from the scheduled time, so a slow server cannot hide its queueing.
+			var interval time.Duration
+			next := time.Now()
+			if o.rate > 0 {
+				interval = time.Duration(float64(time.Second) * float64(o.concurrency) / float64(o.rate))
+				next = next.Add(time.Duration(w) * interval / time.Duration(o.concurrency))
+			}
 			for i := w; ctx.Err() == nil; i++ {
 				msg := msgs[i%len(msgs)]
 				id++
 				msg = append([]byte{byte(id >> 8), byte(id)}, msg[2:]...)
 				t0 := time.Now()
+				if interval > 0 {
+					if d := time.Until(next); d > 0 {
+						time.Sleep(d)
+					}
+					t0 = next
+					next = next.Add(interval)
+				}
 				if _, err := conn.Write(msg); err != nil {
 					continue
 				}
-				_ = conn.SetReadDeadline(t0.Add(time.Second))
+				_ = conn.SetReadDeadline(time.Now().Add(time.Second))
 				for {
 					n, err := conn.Read(buf)
 					if err != nil {
