@@ -29,6 +29,19 @@ func NFTables(r NFTablesReader) KernelState { return nftKernel{r: r} }
 
 type nftKernel struct{ r NFTablesReader }
 
+// KernelFor returns the kernel tracer of a data plane: the data plane itself
+// if it implements KernelState, the nftables reader adapter if it can read its
+// tables back, and false for data planes without kernel state (userspace).
+func KernelFor(dataplane any) (KernelState, bool) {
+	switch d := dataplane.(type) {
+	case KernelState:
+		return d, true
+	case NFTablesReader:
+		return NFTables(d), true
+	}
+	return nil, false
+}
+
 func nftProto(p v1.Protocol) uint8 {
 	switch p {
 	case v1.ProtocolUDP:

@@ -146,3 +146,43 @@ func TestNFTablesKernelState(t *testing.T) {
 		}
 	})
 }
+
+func TestKernelFor(t *testing.T) {
+	p, _, err := nftables.NewFake(nftables.Config{Logger: slog.New(slog.DiscardHandler)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ks, ok := KernelFor(p); !ok || ks == nil {
+		t.Error("KernelFor(nftables proxier) = false")
+	}
+	fk := &FakeKernel{}
+	if ks, ok := KernelFor(fk); !ok || ks != KernelState(fk) {
+		t.Error("KernelFor(KernelState) should return it")
+	}
+	if _, ok := KernelFor(struct{}{}); ok {
+		t.Error("KernelFor(other) = true")
+	}
+}
+
+func TestWriteTextDisagreement(t *testing.T) {
+	snap := testSnapshot(t)
+	pkt, _ := ParsePacket("10.244.0.99", "10.96.0.10:80/tcp", "")
+	fk := &FakeKernel{Paths: map[Packet]*KernelPath{pkt: {Verdict: VerdictDrop, Rules: []string{"endpoints-check: drop"}}}}
+	r := Trace(context.Background(), snap, Options{ClusterCIDRs: clusterCIDRs, Kernel: fk}, pkt)
+	var b strings.Builder
+	if err := WriteText(&b, &r); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"verdict:  DROP (the kernel's rules; they disagree with the model, see below)",
+		"model:    DNAT: DNAT to one of 3 endpoint(s)",
+		"endpoints the model expects:",
+		"kernel:   DROP",
+		"  endpoints-check: drop",
+		"DISAGREEMENT: verdict: kernel drop, model dnat",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("text lacks %q:\n%s", want, b.String())
+		}
+	}
+}

@@ -126,10 +126,21 @@ func WriteText(w io.Writer, r *Result) error {
 	} else {
 		b.WriteString("service:  none\n")
 	}
-	fmt.Fprintf(&b, "verdict:  %s\n", strings.ToUpper(string(r.Verdict)))
-	fmt.Fprintf(&b, "reason:   %s\n", r.Reason)
+	if r.Kernel != nil && len(r.Disagreements) > 0 {
+		// The kernel decides what really happens; the model says what should.
+		fmt.Fprintf(&b, "verdict:  %s (the kernel's rules; they disagree with the model, see below)\n",
+			strings.ToUpper(string(r.Kernel.Verdict)))
+		fmt.Fprintf(&b, "model:    %s: %s\n", strings.ToUpper(string(r.Verdict)), r.Reason)
+	} else {
+		fmt.Fprintf(&b, "verdict:  %s\n", strings.ToUpper(string(r.Verdict)))
+		fmt.Fprintf(&b, "reason:   %s\n", r.Reason)
+	}
 	if len(r.Endpoints) > 0 {
-		b.WriteString("endpoints:\n")
+		if r.Kernel != nil && len(r.Disagreements) > 0 {
+			b.WriteString("endpoints the model expects:\n")
+		} else {
+			b.WriteString("endpoints:\n")
+		}
 		var table strings.Builder
 		tw := tabwriter.NewWriter(&table, 0, 4, 2, ' ', 0)
 		for _, ep := range r.Endpoints {
@@ -185,9 +196,12 @@ func WriteText(w io.Writer, r *Result) error {
 		if len(r.Kernel.Endpoints) > 0 {
 			addrs := make([]string, len(r.Kernel.Endpoints))
 			for i, ep := range r.Kernel.Endpoints {
-				addrs[i] = ep.Address.String()
+				addrs[i] = fmt.Sprintf("%s (%.1f%%)", ep.Address, 100*ep.Probability)
 			}
 			fmt.Fprintf(&b, " to %s", strings.Join(addrs, ", "))
+		}
+		if r.Kernel.Masquerade {
+			b.WriteString(", masqueraded")
 		}
 		b.WriteString("\n")
 		for _, rule := range r.Kernel.Rules {
