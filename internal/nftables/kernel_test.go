@@ -2,7 +2,9 @@ package nftables
 
 import (
 	"context"
+	"errors"
 	"net/netip"
+	"syscall"
 	"testing"
 	"time"
 
@@ -130,4 +132,278 @@ func ip6(p v1.Protocol) string {
 		return "fd00:10:96::53"
 	}
 	return "fd00:10:96::80"
+}
+
+func (b *bed) addService(name string, mod func(*v1.Service), proto v1.Protocol, fam v1.IPFamily, pods ...int) {
+	b.w.service(makeService(name, combine(func(s *v1.Service) { s.Spec.Ports[0].Protocol = proto }, mod)),
+		withName(makeSlice(name, 8080, proto, b.podEps(8080, fam, pods...)...), name+"-"+string(fam)))
+}
+
+func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+func TestKernelAffinityPins(t *testing.T) {
+	b := newBed(t, 3, nil)
+	b.addService("aff", combine(clusterIP("10.96.0.80"), affinity(60)), v1.ProtocolTCP, v1.IPv4Protocol, 0, 1, 2)
+	b.addService("aff6", combine(clusterIP("fd00:10:96::80"), affinity(60)), v1.ProtocolTCP, v1.IPv6Protocol, 0, 1, 2)
+	b.sync(true)
+	for _, dst := range []string{"10.96.0.80:80", "[fd00:10:96::80]:80"} {
+		for _, from := range []*netnstest.NS{b.pods[0].NS, b.pods[1].NS} {
+			if seen := reach(t, from, "tcp", ap(dst), 15); len(seen) != 1 {
+				t.Errorf("%s from %s: reached %v, want one endpoint (affinity)", dst, from.Name, seen)
+			}
+		}
+	}
+	// The kernel remembers the client in the affinity map.
+	states, err := b.p.States(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, st := range states {
+		n += len(st.Affinity)
+	}
+	if n < 4 {
+		t.Errorf("affinity map has %d entries, want at least 4", n)
+	}
+	// An endpoint removed: pinned clients move on instead of blackholing.
+	b.w.tr.OnEndpointSliceUpdate(nil, withName(makeSlice("aff", 8080, v1.ProtocolTCP, b.podEps(8080, v1.IPv4Protocol, 2)...), "aff-IPv4"))
+	b.sync(false)
+	if seen := reach(t, b.pods[0].NS, "tcp", ap("10.96.0.80:80"), 5); len(seen) != 1 || seen["podc"] != 5 {
+		t.Errorf("after removing endpoints: reached %v, want podc only", seen)
+	}
+}
+
+func TestKernelNodePortAndExternal(t *testing.T) {
+	b := newBed(t, 2, nil)
+	b.addService("np", combine(clusterIP("10.96.0.20"), nodePort(30080, false)), v1.ProtocolTCP, v1.IPv4Protocol, 0, 1)
+	b.addService("np6", combine(clusterIP("fd00:10:96::20"), nodePort(30080, false)), v1.ProtocolTCP, v1.IPv6Protocol, 0, 1)
+	b.addService("npu", combine(clusterIP("10.96.0.21"), nodePort(30081, false)), v1.ProtocolUDP, v1.IPv4Protocol, 0, 1)
+	b.addService("ext", combine(clusterIP("10.96.0.22"), func(s *v1.Service) { s.Spec.ExternalIPs = []string{"192.168.200.1"} }),
+		v1.ProtocolTCP, v1.IPv4Protocol, 0)
+	b.sync(true)
+	for _, c := range []struct{ proto, dst string }{
+		{"tcp", "192.168.100.1:30080"}, {"tcp", "[fd00:100::1]:30080"}, {"udp", "192.168.100.1:30081"},
+		{"tcp", "10.244.0.1:30080"}, {"tcp", "192.168.200.1:80"},
+	} {
+		seen := reach(t, b.client.NS, c.proto, ap(c.dst), 20)
+		want := 2
+		if c.dst == "192.168.200.1:80" {
+			want = 1
+		}
+		if len(seen) != want {
+			t.Errorf("%s %s from the client: reached %v, want %d endpoints", c.proto, c.dst, seen, want)
+		}
+	}
+	// ETP Cluster: the endpoint sees the node, not the client.
+	r, err := b.client.Request("tcp", ap("192.168.100.1:30080"), 0, 2*time.Second)
+	if err != nil || r.Peer.Addr() == b.client.V4 {
+		t.Errorf("NodePort ETP Cluster: reply %+v, %v; want the client masqueraded", r, err)
+	}
+	// Not on loopback unless asked.
+	if _, err := b.node.Request("tcp", ap("127.0.0.1:30080"), 0, 500*time.Millisecond); err == nil {
+		t.Errorf("NodePort answered on 127.0.0.1 without LocalhostNodePorts")
+	}
+}
+
+func TestKernelLocalhostNodePort(t *testing.T) {
+	b := newBed(t, 1, func(c *Config) { c.LocalhostNodePorts = true })
+	b.addService("np", combine(clusterIP("10.96.0.20"), nodePort(30080, false)), v1.ProtocolTCP, v1.IPv4Protocol, 0)
+	b.sync(true)
+	if seen := reach(t, b.node.NS, "tcp", ap("127.0.0.1:30080"), 3); seen["poda"] != 3 {
+		t.Errorf("localhost NodePort: reached %v", seen)
+	}
+}
+
+func TestKernelExternalTrafficPolicyLocal(t *testing.T) {
+	b := newBed(t, 1, nil)
+	b.addService("local", combine(clusterIP("10.96.0.30"), nodePort(30090, true)), v1.ProtocolTCP, v1.IPv4Protocol, 0)
+	b.addService("local6", combine(clusterIP("fd00:10:96::30"), nodePort(30090, true)), v1.ProtocolTCP, v1.IPv6Protocol, 0)
+	// Only an endpoint on another node: external traffic is dropped here.
+	b.w.service(makeService("remote", combine(clusterIP("10.96.0.31"), nodePort(30091, true))),
+		makeSlice("remote", 8080, v1.ProtocolTCP, ep{ip: "10.244.9.9", node: "node-b"}))
+	b.sync(true)
+	for _, dst := range []string{"192.168.100.1:30090", "[fd00:100::1]:30090"} {
+		r, err := b.client.Request("tcp", ap(dst), 0, 2*time.Second)
+		if err != nil {
+			t.Fatalf("%s: %v", dst, err)
+		}
+		if want := ap(dst).Addr(); (want.Is4() && r.Peer.Addr() != b.client.V4) || (want.Is6() && r.Peer.Addr() != b.client.V6) {
+			t.Errorf("%s: endpoint saw %s, want the client's own address", dst, r.Peer.Addr())
+		}
+	}
+	_, err := b.client.Request("tcp", ap("192.168.100.1:30091"), 0, 700*time.Millisecond)
+	if !netnstest.IsTimeout(err) {
+		t.Errorf("ETP Local without a local endpoint: %v, want a timeout (dropped)", err)
+	}
+}
+
+func TestKernelLoadBalancerSourceRanges(t *testing.T) {
+	b := newBed(t, 1, nil)
+	lb := func(name, ip, rng string) func(*v1.Service) {
+		return func(s *v1.Service) {
+			s.Spec.Type = v1.ServiceTypeLoadBalancer
+			s.Spec.Ports[0].NodePort = 0
+			s.Spec.LoadBalancerSourceRanges = []string{rng}
+			s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: ip}}
+		}
+	}
+	b.addService("allow", combine(clusterIP("10.96.0.40"), lb("allow", "192.168.201.1", "192.168.100.0/30")), v1.ProtocolTCP, v1.IPv4Protocol, 0)
+	b.addService("deny", combine(clusterIP("10.96.0.41"), lb("deny", "192.168.201.2", "192.168.100.0/31")), v1.ProtocolTCP, v1.IPv4Protocol, 0)
+	b.sync(true)
+	if seen := reach(t, b.client.NS, "tcp", ap("192.168.201.1:80"), 3); seen["poda"] != 3 {
+		t.Errorf("allowed source: reached %v", seen)
+	}
+	if _, err := b.client.Request("tcp", ap("192.168.201.2:80"), 0, 700*time.Millisecond); !netnstest.IsTimeout(err) {
+		t.Errorf("source outside loadBalancerSourceRanges: %v, want a timeout (dropped)", err)
+	}
+}
+
+func TestKernelRejectWithoutEndpoints(t *testing.T) {
+	b := newBed(t, 1, nil)
+	for _, proto := range []v1.Protocol{v1.ProtocolTCP, v1.ProtocolUDP} {
+		name := "empty-" + string(proto)
+		b.w.service(makeService(name, combine(clusterIP(ip4(proto), ip6(proto)), func(s *v1.Service) {
+			s.Spec.Ports[0].Protocol = proto
+			s.Spec.IPFamilies = []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}
+		})))
+	}
+	b.addService("web", clusterIP("10.96.0.90"), v1.ProtocolTCP, v1.IPv4Protocol, 0)
+	b.sync(true)
+	for _, c := range []struct {
+		from  *netnstest.NS
+		proto string
+		dst   string
+	}{
+		{b.pods[0].NS, "tcp", "10.96.0.80:80"}, {b.pods[0].NS, "udp", "10.96.0.53:80"},
+		{b.pods[0].NS, "tcp", "[fd00:10:96::80]:80"}, {b.pods[0].NS, "udp", "[fd00:10:96::53]:80"},
+		{b.node.NS, "tcp", "10.96.0.80:80"}, {b.node.NS, "udp", "10.96.0.53:80"},
+		{b.pods[0].NS, "tcp", "10.96.0.90:81"}, // a port the service does not serve
+	} {
+		_, err := c.from.Request(c.proto, ap(c.dst), 0, 2*time.Second)
+		// A packet the output hook rejects fails the node's own sendmsg with
+		// EPERM (the kernel reports the drop to the local sender at once).
+		if c.from == b.node.NS && errors.Is(err, syscall.EPERM) {
+			continue
+		}
+		if !netnstest.IsRefused(err) {
+			t.Errorf("%s %s from %s: %v, want connection refused", c.proto, c.dst, c.from.Name, err)
+		}
+	}
+}
+
+func TestKernelHairpin(t *testing.T) {
+	b := newBed(t, 1, nil)
+	b.addService("self", clusterIP("10.96.0.100"), v1.ProtocolTCP, v1.IPv4Protocol, 0)
+	b.addService("self6", clusterIP("fd00:10:96::100"), v1.ProtocolTCP, v1.IPv6Protocol, 0)
+	b.sync(true)
+	for _, dst := range []string{"10.96.0.100:80", "[fd00:10:96::100]:80"} {
+		r, err := b.pods[0].Request("tcp", ap(dst), 0, 2*time.Second)
+		if err != nil {
+			t.Fatalf("pod to its own service %s: %v", dst, err)
+		}
+		if r.Peer.Addr() == b.pods[0].V4 || r.Peer.Addr() == b.pods[0].V6 {
+			t.Errorf("hairpin %s: endpoint saw itself (%s), want the node (masqueraded)", dst, r.Peer)
+		}
+	}
+}
+
+func TestKernelStaleUDP(t *testing.T) {
+	b := newBed(t, 3, nil)
+	b.addService("dns", clusterIP("10.96.0.53"), v1.ProtocolUDP, v1.IPv4Protocol, 0)
+	b.addService("dns6", clusterIP("fd00:10:96::53"), v1.ProtocolUDP, v1.IPv6Protocol, 0)
+	b.sync(true)
+	client := b.pods[2]
+	for _, c := range []struct {
+		svc string
+		fam v1.IPFamily
+		dst string
+	}{{"dns", v1.IPv4Protocol, "10.96.0.53:80"}, {"dns6", v1.IPv6Protocol, "[fd00:10:96::53]:80"}} {
+		r, err := client.Request("udp", ap(c.dst), 40053, 2*time.Second)
+		if err != nil || r.Name != "poda" {
+			t.Fatalf("%s before: %+v %v", c.dst, r, err)
+		}
+		b.w.tr.OnEndpointSliceUpdate(nil, withName(makeSlice(c.svc, 8080, v1.ProtocolUDP, b.podEps(8080, c.fam, 1)...), c.svc+"-"+string(c.fam)))
+		b.sync(false)
+		// Same 5-tuple: without the conntrack cleanup this still reaches poda.
+		r, err = client.Request("udp", ap(c.dst), 40053, 2*time.Second)
+		if err != nil || r.Name != "podb" {
+			t.Errorf("%s after removing poda: %+v %v, want podb", c.dst, r, err)
+		}
+	}
+}
+
+// failingKernel slips an invalid element into an otherwise good transaction:
+// the kernel must refuse all of it.
+type failingKernel struct {
+	kernel
+	fail bool
+}
+
+func (k *failingKernel) Apply(ctx context.Context, tx *transaction) error {
+	if k.fail {
+		for _, ft := range tx.fams {
+			if ft.adds == nil {
+				ft.adds = map[string][]Element{}
+			}
+			ft.adds[setClusterIPs] = append(ft.adds[setClusterIPs], Element{Key: []byte{1, 2, 3}})
+		}
+	}
+	return k.kernel.Apply(ctx, tx)
+}
+
+func TestKernelBadSyncKeepsTraffic(t *testing.T) {
+	b := newBed(t, 2, nil)
+	b.addService("web", clusterIP("10.96.0.10"), v1.ProtocolTCP, v1.IPv4Protocol, 0)
+	b.sync(true)
+	fk := &failingKernel{kernel: b.p.k, fail: true}
+	b.p.k = fk
+	b.w.tr.OnEndpointSliceUpdate(nil, withName(makeSlice("web", 8080, v1.ProtocolTCP, b.podEps(8080, v1.IPv4Protocol, 1)...), "web-IPv4"))
+	if err := b.p.Sync(context.Background(), b.w.snap(), false); !IsTransactionError(err) {
+		t.Fatalf("sync with an invalid element: %v, want a transaction error", err)
+	}
+	if seen := reach(t, b.pods[1].NS, "tcp", ap("10.96.0.10:80"), 5); seen["poda"] != 5 {
+		t.Errorf("after a failed sync: reached %v, want the old endpoint poda", seen)
+	}
+	fk.fail = false
+	b.sync(false) // forced full
+	if seen := reach(t, b.pods[1].NS, "tcp", ap("10.96.0.10:80"), 5); seen["podb"] != 5 {
+		t.Errorf("after recovery: reached %v, want podb", seen)
+	}
+}
+
+func TestKernelRestartTakeover(t *testing.T) {
+	b := newBed(t, 2, nil)
+	b.addService("web", clusterIP("10.96.0.10"), v1.ProtocolTCP, v1.IPv4Protocol, 0, 1)
+	b.addService("old", clusterIP("10.96.0.11"), v1.ProtocolTCP, v1.IPv4Protocol, 0)
+	b.sync(true)
+	if err := b.p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Rules stay after Close.
+	if seen := reach(t, b.pods[0].NS, "tcp", ap("10.96.0.10:80"), 10); len(seen) != 2 {
+		t.Errorf("after Close: reached %v", seen)
+	}
+	p2, err := New(b.p.Config(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p2.Close() })
+	w2 := newWorld(t)
+	w2.service(makeService("web", clusterIP("10.96.0.10")),
+		withName(makeSlice("web", 8080, v1.ProtocolTCP, b.podEps(8080, v1.IPv4Protocol, 0, 1)...), "web-IPv4"))
+	if err := p2.Sync(context.Background(), w2.snap(), true); err != nil {
+		t.Fatal(err)
+	}
+	if seen := reach(t, b.pods[0].NS, "tcp", ap("10.96.0.10:80"), 10); len(seen) != 2 {
+		t.Errorf("after takeover: reached %v", seen)
+	}
+	if _, err := b.pods[0].Request("tcp", ap("10.96.0.11:80"), 0, 700*time.Millisecond); err == nil {
+		t.Errorf("leftover service still answers after takeover")
+	}
+	if err := Cleanup(context.Background(), b.p.Config()); err != nil {
+		t.Fatal(err)
+	}
+	if ts, err := p2.Tables(context.Background()); err != nil || len(ts) != 0 {
+		t.Errorf("after Cleanup: %d tables, %v", len(ts), err)
+	}
 }
