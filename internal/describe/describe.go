@@ -13,6 +13,7 @@ import (
 	"cmp"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"slices"
 	"sort"
@@ -255,7 +256,7 @@ func printLabels(w *describeWriter, title string, m map[string]string) {
 		w.printf("<none>\n")
 		return
 	}
-	keys := slices.Sorted(mapKeys(m))
+	keys := slices.Sorted(maps.Keys(m))
 	for i, k := range keys {
 		if i != 0 {
 			w.printf("\t")
@@ -301,16 +302,6 @@ func shorten(s string, maxLength int) string {
 		return s[:maxLength] + "..."
 	}
 	return s
-}
-
-func mapKeys(m map[string]string) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // byLastTimestamp is kubectl's event order. It is sorted with sort.Sort, as
