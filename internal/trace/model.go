@@ -66,22 +66,22 @@ func isLocalSource(src netip.Addr, nodeAddrs []netip.Addr) bool {
 	return src.IsLoopback() || slices.Contains(nodeAddrs, src)
 }
 
-// servesNodePorts reports whether NodePorts answer on the address.
-func servesNodePorts(addr netip.Addr, nodeAddrs []netip.Addr, opts *Options) bool {
-	if !slices.Contains(nodeAddrs, addr) {
-		// Loopback is local without being a node address: NodePorts answer
-		// there only when asked to (route_localnet, CVE-2020-8558).
-		return addr.IsLoopback() && addr.Is4() && opts.LocalhostNodePorts
+// servesNodePorts reports whether NodePorts answer on the address: a local
+// address within --nodeport-addresses, or, when those are not given, any node
+// address except loopback ones, which answer only with --localhost-nodeports
+// (route_localnet, CVE-2020-8558) or when the Node object itself lists them (a
+// standalone node living on loopback).
+func servesNodePorts(addr netip.Addr, snap *model.Snapshot, nodeAddrs []netip.Addr, opts *Options) bool {
+	if !addr.IsLoopback() && !slices.Contains(nodeAddrs, addr) {
+		return false
 	}
-	if len(opts.NodePortAddresses) == 0 {
-		return true
+	if len(opts.NodePortAddresses) > 0 {
+		return slices.ContainsFunc(opts.NodePortAddresses, func(p netip.Prefix) bool { return p.Contains(addr) })
 	}
-	for _, p := range opts.NodePortAddresses {
-		if p.Contains(addr) {
-			return true
-		}
+	if addr.IsLoopback() && !slices.Contains(snap.Node.Addresses, addr) {
+		return opts.LocalhostNodePorts && addr.Is4()
 	}
-	return false
+	return true
 }
 
 // sortedPorts gives the snapshot's ports in name order, so that a trace is
@@ -123,7 +123,7 @@ func match(snap *model.Snapshot, pkt Packet, nodeAddrs []netip.Addr, opts *Optio
 			return pv, ViaLoadBalancer, true
 		}
 	}
-	if servesNodePorts(dst, nodeAddrs, opts) {
+	if servesNodePorts(dst, snap, nodeAddrs, opts) {
 		for _, pv := range ports {
 			if pv.NodePort == port && pv.Protocol == pkt.Proto {
 				return pv, ViaNodePort, true

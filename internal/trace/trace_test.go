@@ -307,6 +307,12 @@ func modelCases() []modelCase {
 			wantVerdict: VerdictNone,
 		},
 		{
+			name: "NodePort on localhost is off even when loopback is among the node addresses",
+			from: "127.0.0.1", to: "127.0.0.1:30081/tcp",
+			opts:        func(o *Options) { o.NodeAddresses = []netip.Addr{netip.MustParseAddr("127.0.0.1")} },
+			wantVerdict: VerdictNone,
+		},
+		{
 			name: "NodePort on localhost when enabled: node traffic, masqueraded",
 			from: "127.0.0.1", to: "127.0.0.1:30081/tcp",
 			opts:        func(o *Options) { o.LocalhostNodePorts = true },
