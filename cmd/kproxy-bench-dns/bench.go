@@ -41,6 +41,7 @@ type options struct {
 	clients                       int
 	verbose                       bool
 	rate                          int
+	coredns                       string
 }
 
 func run(args []string) int {
@@ -52,7 +53,8 @@ func run(args []string) int {
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "length of each measurement")
 	fs.IntVar(&o.concurrency, "concurrency", 50, "queries in flight")
 	fs.StringVar(&o.mixes, "mix", "clusterip,mix", "query mixes: clusterip (ClusterIP A only), mix (ClusterIP, headless, SRV, search-path NXDOMAIN)")
-	fs.StringVar(&o.servers, "server", "kproxy,miekg", "servers to measure: kproxy, miekg (naive baseline)")
+	fs.StringVar(&o.servers, "server", "kproxy,miekg", "servers to measure: kproxy, miekg (naive baseline), coredns (needs -coredns)")
+	fs.StringVar(&o.coredns, "coredns", "", "path of a coredns binary; it serves the same names from a zone file (file plugin)")
 	fs.StringVar(&o.loads, "load", "dnsperf,go", "load generators: dnsperf (if installed), go")
 	fs.IntVar(&o.udpSockets, "udp-sockets", 0, "kproxy UDP sockets (0: GOMAXPROCS)")
 	fs.IntVar(&o.clients, "dnsperf-clients", 8, "dnsperf client sockets (-c)")
@@ -248,6 +250,8 @@ func bench(o options) error {
 				srv, err = startKproxy(c, o)
 			case "miekg":
 				srv, err = startMiekg(c)
+			case "coredns":
+				srv, err = startCoreDNS(c, o.coredns)
 			default:
 				err = fmt.Errorf("unknown server %q", name)
 			}
@@ -455,4 +459,71 @@ func runGo(addr string, qs [][2]string, o options) (result, error) {
 		r.p50, r.p99, r.p999 = pct(0.50), pct(0.99), pct(0.999)
 	}
 	return r, nil
+}
+
+// coreDNS runs a coredns binary serving the fixture from a zone file: CoreDNS's
+// own engine on the same names, without the API-server-backed kubernetes plugin.
+type coreDNS struct {
+	cmd *exec.Cmd
+	dir string
+	a   string
+}
+
+func (c *coreDNS) addr() string { return c.a }
+func (c *coreDNS) close() {
+	_ = c.cmd.Process.Kill()
+	_ = c.cmd.Wait()
+	_ = os.RemoveAll(c.dir)
+}
+
+func startCoreDNS(c *cluster, bin string) (server, error) {
+	if bin == "" {
+		return nil, errors.New("-server coredns needs -coredns PATH")
+	}
+	dir, err := os.MkdirTemp("", "kproxy-bench-coredns-")
+	if err != nil {
+		return nil, fmt.Errorf("temp dir: %w", err)
+	}
+	var zone strings.Builder
+	zone.WriteString("$ORIGIN cluster.local.\n" +
+		"@ 5 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. 1 7200 1800 86400 5\n" +
+		"@ 5 IN NS ns.dns.cluster.local.\nns.dns 5 IN A 127.0.0.1\n")
+	for name, ips := range c.a {
+		for _, ip := range ips {
+			fmt.Fprintf(&zone, "%s 5 IN A %s\n", name, ip)
+		}
+	}
+	for name, srvs := range c.srv {
+		for _, s := range srvs {
+			fmt.Fprintf(&zone, "%s 5 IN SRV %d %d %d %s\n", name, s.Priority, s.Weight, s.Port, s.Target)
+		}
+	}
+	// Pick a free port (TCP first, see the DNS server's listen).
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("pick a port: %w", err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	_ = l.Close()
+	corefile := fmt.Sprintf("cluster.local:%d {\n  bind 127.0.0.1\n  file %s/db.cluster.local\n}\n", port, dir)
+	if err := errors.Join(os.WriteFile(dir+"/db.cluster.local", []byte(zone.String()), 0o644),
+		os.WriteFile(dir+"/Corefile", []byte(corefile), 0o644)); err != nil {
+		return nil, fmt.Errorf("coredns config: %w", err)
+	}
+	cmd := exec.Command(bin, "-conf", dir+"/Corefile", "-quiet")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start coredns: %w", err)
+	}
+	s := &coreDNS{cmd: cmd, dir: dir, a: fmt.Sprintf("127.0.0.1:%d", port)}
+	probe := new(mdns.Msg)
+	probe.SetQuestion(c.clusterA[0], mdns.TypeA)
+	for range 100 {
+		if r, err := mdns.Exchange(probe, s.a); err == nil && len(r.Answer) == 1 {
+			return s, nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.close()
+	return nil, errors.New("coredns did not answer within 10s")
 }
