@@ -233,6 +233,8 @@ func describeCases() []describeCase {
 		svc: makeTestService("default", "db", func(s *v1.Service) {
 			s.Spec.Type = v1.ServiceTypeExternalName
 			s.Spec.ExternalName = "db.example.com"
+			// Terminal escapes in object text are neutralised, as kubectl does.
+			s.Annotations = map[string]string{"kproxy.io/note": "50% \x1b[31mred\x1b[0m\r"}
 			s.Spec.Selector = nil
 			s.Spec.InternalTrafficPolicy = nil
 			s.Spec.IPFamilyPolicy = nil
