@@ -9,12 +9,14 @@
 // so each one prints like the API server's: "spec.ports[1].name: Required value".
 //
 // The API server applies defaults before it validates. Manifests are usually not
-// defaulted, so every function here validates a defaulted copy of its argument (the
-// argument is never modified): an omitted protocol, sessionAffinity, type or traffic
-// policy is accepted exactly as kube-apiserver would accept it. Values that are
-// allocated rather than defaulted (cluster IPs, node ports, the health-check node
-// port) are only required when Options.Allocated says the allocator has run; their
-// ranges are the allocator's business, not validation's.
+// defaulted, so every function here validates its argument as the API server would
+// after defaulting (Service works on a defaulted copy; the argument is never
+// modified): an omitted protocol, sessionAffinity, type or traffic policy is
+// accepted exactly as kube-apiserver would accept it. Allocated values (cluster
+// IPs, node ports) are checked when present and never required, as the API server
+// allocates before it validates; only the health-check node port is required, and
+// only once Options.Allocated says the allocator has run. Port ranges are the
+// allocator's business, not validation's.
 package validation
 
 import (
