@@ -20,7 +20,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 
 	"github.com/kproxy/kproxy/internal/metrics"
 	"github.com/kproxy/kproxy/internal/model"
@@ -456,4 +459,83 @@ func TestServiceHealthListenAddresses(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestServiceHealthFromTracker drives the service health checks through the
+// real model: Service and EndpointSlice events, snapshots, HTTP on loopback.
+func TestServiceHealthFromTracker(t *testing.T) {
+	hc := freePort(t)
+	svc := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "shop"},
+		Spec: v1.ServiceSpec{
+			Type: v1.ServiceTypeLoadBalancer, ClusterIP: "10.96.0.50", ClusterIPs: []string{"10.96.0.50"},
+			Ports:                 []v1.ServicePort{{Name: "https", Port: 443, Protocol: v1.ProtocolTCP, NodePort: 30443}},
+			ExternalTrafficPolicy: v1.ServiceExternalTrafficPolicyLocal,
+			HealthCheckNodePort:   int32(hc),
+		},
+	}
+	slice := func(eps ...discovery.Endpoint) *discovery.EndpointSlice {
+		return &discovery.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: "shop-1", Labels: map[string]string{discovery.LabelServiceName: "shop"}},
+			AddressType: discovery.AddressTypeIPv4,
+			Ports:       []discovery.EndpointPort{{Name: ptr.To("https"), Port: ptr.To[int32](8443), Protocol: ptr.To(v1.ProtocolTCP)}},
+			Endpoints:   eps,
+		}
+	}
+	endpoint := func(ip, node string, ready, terminating bool) discovery.Endpoint {
+		return discovery.Endpoint{
+			Addresses:  []string{ip},
+			Conditions: discovery.EndpointConditions{Ready: ptr.To(ready), Serving: ptr.To(true), Terminating: ptr.To(terminating)},
+			NodeName:   ptr.To(node),
+		}
+	}
+	tr := model.NewTracker("node-a", nil)
+	tr.OnNodeAdd(&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}})
+	tr.OnServiceAdd(svc)
+	tr.OnEndpointSliceAdd(slice(endpoint("10.244.1.5", "node-b", true, false)))
+	tr.OnServicesSynced()
+	tr.OnEndpointSlicesSynced()
+	tr.OnNodeSynced()
+
+	s := NewServiceHealthServer(loopback, nil)
+	t.Cleanup(func() { _ = s.Close() })
+	sync := func() {
+		t.Helper()
+		if err := s.Sync(tr.Snapshot()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(want, count int) {
+		t.Helper()
+		code, body := get(t, fmt.Sprintf("http://127.0.0.1:%d/", hc))
+		var r ServiceHealthResponse
+		if err := json.Unmarshal(body, &r); err != nil {
+			t.Fatal(err)
+		}
+		if code != want || r.LocalEndpoints != count || r.Service.Name != "shop" {
+			t.Fatalf("got %d %+v, want %d with %d local endpoints", code, r, want, count)
+		}
+	}
+
+	sync()
+	check(503, 0) // only a remote endpoint
+
+	tr.OnEndpointSliceUpdate(nil, slice(endpoint("10.244.1.5", "node-b", true, false),
+		endpoint("10.244.0.7", "node-a", true, false), endpoint("10.244.0.8", "node-a", true, false)))
+	sync()
+	check(200, 2)
+
+	// Both local pods terminate (still serving): the load balancer must drain
+	// this node, though the data plane keeps sending existing traffic to them.
+	tr.OnEndpointSliceUpdate(nil, slice(endpoint("10.244.1.5", "node-b", true, false),
+		endpoint("10.244.0.7", "node-a", false, true), endpoint("10.244.0.8", "node-a", false, true)))
+	sync()
+	check(503, 0)
+
+	// The service becomes ETP Cluster: no health check port any more.
+	cluster := svc.DeepCopy()
+	cluster.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyCluster
+	tr.OnServiceUpdate(svc, cluster)
+	sync()
+	refused(t, hc)
 }
