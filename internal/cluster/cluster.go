@@ -109,14 +109,15 @@ type Cluster struct {
 	ownDir  bool
 	pki     *pki
 	sp      *spawner
-	etcd    *process
-	api     *process
-	kcm     *process
+	etcd    *Process
+	api     *Process
+	kcm     *Process
 	apiPort int
 	kcmPort int
 
 	mu      sync.Mutex
 	stopped bool
+	extra   []*Process // from StartProcess
 }
 
 // ForTest starts a cluster for a test and stops it when the test ends. Without
@@ -145,8 +146,8 @@ func ForTest(t testing.TB, opts Options) *Cluster {
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("cluster logs are in %s", c.Dir)
-			for _, p := range []*process{c.api, c.kcm} {
-				t.Logf("==== tail of %s log:\n%s", p.name, p.logTail())
+			for _, p := range []*Process{c.api, c.kcm} {
+				t.Logf("==== tail of %s log:\n%s", p.name, p.LogTail())
 			}
 		}
 		c.Stop()
@@ -237,7 +238,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 
 	etcdURL := "http://127.0.0.1:" + strconv.Itoa(etcdClient)
 	peerURL := "http://127.0.0.1:" + strconv.Itoa(etcdPeer)
-	c.etcd = &process{
+	c.etcd = &Process{
 		name: "etcd", path: filepath.Join(opts.ToolsDir, "etcd"), logPath: filepath.Join(c.Dir, "etcd.log"),
 		args: []string{
 			"--name=default", "--data-dir=" + filepath.Join(c.Dir, "etcd"),
@@ -248,7 +249,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			"--unsafe-no-fsync", "--log-level=warn",
 		},
 	}
-	c.api = &process{
+	c.api = &Process{
 		name: "kube-apiserver", path: filepath.Join(opts.ToolsDir, "kube-apiserver"), logPath: filepath.Join(c.Dir, "kube-apiserver.log"),
 		args: append([]string{
 			"--etcd-servers=" + etcdURL,
@@ -266,7 +267,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			"--profiling=false",
 		}, opts.APIServerArgs...),
 	}
-	c.kcm = &process{
+	c.kcm = &Process{
 		name: "kube-controller-manager", path: filepath.Join(opts.ToolsDir, "kube-controller-manager"),
 		logPath: filepath.Join(c.Dir, "kube-controller-manager.log"),
 		args: append([]string{
@@ -303,7 +304,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 
 // StartAPIServer starts (or restarts) the API server on its port and waits until it is ready.
 func (c *Cluster) StartAPIServer(ctx context.Context) error {
-	if c.api.running() {
+	if c.api.Running() {
 		return nil
 	}
 	start := time.Now()
@@ -323,12 +324,12 @@ func (c *Cluster) StartAPIServer(ctx context.Context) error {
 // test need not wait for.
 func (c *Cluster) StopAPIServer() {
 	start := time.Now()
-	c.api.stop(5 * time.Second)
+	c.api.Stop(5 * time.Second)
 	c.opts.Logf("cluster: kube-apiserver stopped in %v", time.Since(start).Round(time.Millisecond))
 }
 
 // KillAPIServer kills the API server, as a crash would.
-func (c *Cluster) KillAPIServer() { c.api.kill() }
+func (c *Cluster) KillAPIServer() { c.api.Kill() }
 
 // RestartAPIServer stops the API server and starts it again on the same port.
 func (c *Cluster) RestartAPIServer(ctx context.Context) error {
@@ -338,7 +339,7 @@ func (c *Cluster) RestartAPIServer(ctx context.Context) error {
 
 // StartControllerManager starts the controller manager and waits for its /healthz.
 func (c *Cluster) StartControllerManager(ctx context.Context) error {
-	if c.kcm.running() {
+	if c.kcm.Running() {
 		return nil
 	}
 	if err := c.kcm.start(c.sp); err != nil {
@@ -350,7 +351,7 @@ func (c *Cluster) StartControllerManager(ctx context.Context) error {
 }
 
 // StopControllerManager stops the controller manager: EndpointSlices then stop following pods.
-func (c *Cluster) StopControllerManager() { c.kcm.stop(10 * time.Second) }
+func (c *Cluster) StopControllerManager() { c.kcm.Stop(10 * time.Second) }
 
 // Stop stops every component and, if the harness made the directory, removes it.
 func (c *Cluster) Stop() {
@@ -360,9 +361,9 @@ func (c *Cluster) Stop() {
 		return
 	}
 	c.stopped = true
-	for _, p := range []*process{c.kcm, c.api, c.etcd} {
+	for _, p := range append(c.extra, c.kcm, c.api, c.etcd) {
 		if p != nil {
-			p.stop(10 * time.Second)
+			p.Stop(3 * time.Second)
 		}
 	}
 	if c.sp != nil {
@@ -376,7 +377,7 @@ func (c *Cluster) Stop() {
 // APIServerPID returns the API server's process ID (0 when it is not running),
 // for memory and CPU measurements.
 func (c *Cluster) APIServerPID() int {
-	if !c.api.running() {
+	if !c.api.Running() {
 		return 0
 	}
 	return c.api.cmd.Process.Pid
@@ -419,8 +420,8 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 	defer cancel()
 	var last error
 	err := poll(ctx, 100*time.Millisecond, func() (bool, error) {
-		if !c.api.running() {
-			return false, fmt.Errorf("kube-apiserver exited: %v\n%s", c.api.waitErr, c.api.logTail())
+		if !c.api.Running() {
+			return false, fmt.Errorf("kube-apiserver exited: %v\n%s", c.api.waitErr, c.api.LogTail())
 		}
 		last = c.Client.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).Error()
 		return last == nil, nil
@@ -431,15 +432,15 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 	return nil
 }
 
-func waitHTTP(ctx context.Context, p *process, url string, client *http.Client) error {
+func waitHTTP(ctx context.Context, p *Process, url string, client *http.Client) error {
 	if client == nil {
 		client = http.DefaultClient
 	}
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	err := poll(ctx, 50*time.Millisecond, func() (bool, error) {
-		if !p.running() {
-			return false, fmt.Errorf("%s exited: %v\n%s", p.name, p.waitErr, p.logTail())
+		if !p.Running() {
+			return false, fmt.Errorf("%s exited: %v\n%s", p.name, p.waitErr, p.LogTail())
 		}
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {

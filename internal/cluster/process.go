@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"syscall"
 	"time"
@@ -64,8 +65,8 @@ func (s *spawner) start(cmd *exec.Cmd) error {
 
 func (s *spawner) close() { close(s.done) }
 
-// process is one running component with its log file.
-type process struct {
+// Process is one running component with its log file.
+type Process struct {
 	name    string
 	path    string
 	args    []string
@@ -75,7 +76,7 @@ type process struct {
 	waitErr error
 }
 
-func (p *process) start(sp *spawner) error {
+func (p *Process) start(sp *spawner) error {
 	logf, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("%s log: %w", p.name, err)
@@ -97,7 +98,7 @@ func (p *process) start(sp *spawner) error {
 	return nil
 }
 
-func (p *process) running() bool {
+func (p *Process) Running() bool {
 	if p.cmd == nil {
 		return false
 	}
@@ -109,9 +110,9 @@ func (p *process) running() bool {
 	}
 }
 
-// stop sends SIGTERM, then SIGKILL after grace, and waits for the exit.
-func (p *process) stop(grace time.Duration) {
-	if !p.running() {
+// Stop sends SIGTERM, then SIGKILL after grace, and waits for the exit.
+func (p *Process) Stop(grace time.Duration) {
+	if !p.Running() {
 		return
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
@@ -123,17 +124,17 @@ func (p *process) stop(grace time.Duration) {
 	}
 }
 
-// kill stops the process at once, as a crash would.
-func (p *process) kill() {
-	if !p.running() {
+// Kill stops the process at once, as a crash would.
+func (p *Process) Kill() {
+	if !p.Running() {
 		return
 	}
 	_ = p.cmd.Process.Kill()
 	<-p.exited
 }
 
-// logTail returns the end of the process's log, for error messages.
-func (p *process) logTail() string {
+// LogTail returns the end of the process's log, for error messages.
+func (p *Process) LogTail() string {
 	b, err := os.ReadFile(p.logPath)
 	if err != nil {
 		return ""
@@ -146,4 +147,38 @@ func (p *process) logTail() string {
 		}
 	}
 	return string(b)
+}
+
+// PID returns the process ID, 0 when it is not running.
+func (p *Process) PID() int {
+	if !p.Running() {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
+// LogPath is the file that receives the process's output.
+func (p *Process) LogPath() string { return p.logPath }
+
+// Wait waits for the process to exit and returns its exit error.
+func (p *Process) Wait() error {
+	if p.cmd == nil {
+		return errors.New("not started")
+	}
+	<-p.exited
+	return p.waitErr
+}
+
+// StartProcess starts a helper process (kproxy, kube-proxy, a client) the same
+// way as the control plane: killed with the test binary, output in
+// Dir/NAME.log. It is stopped by Stop if still running.
+func (c *Cluster) StartProcess(name, path string, args ...string) (*Process, error) {
+	p := &Process{name: name, path: path, args: args, logPath: filepath.Join(c.Dir, name+".log")}
+	if err := p.start(c.sp); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.extra = append(c.extra, p)
+	c.mu.Unlock()
+	return p, nil
 }
