@@ -68,7 +68,11 @@ type ref struct {
 type object struct {
 	ref
 	key objKey
-	obj metav1.Object
+	obj metav1.Object // as decoded; dropped once prepared
+	// out is the defaulted, validated form (a *podInfo for pods); problems are
+	// the validation errors when it is not valid.
+	out      any
+	problems []Problem
 }
 
 // document is one YAML document or JSON value of a file.
@@ -185,9 +189,17 @@ var yamlLine = regexp.MustCompile(`line (\d+)`)
 // the file held before then stay in force.
 func decodeDocument(d document) (objs []*object, probs []Problem, fatal bool) {
 	j := d.data
+	var tm metav1.TypeMeta
+	peeked := false
 	if !d.json {
 		var err error
-		j, err = yaml.YAMLToJSONStrict(d.data)
+		var fast bool
+		var ft [2]string
+		if j, ft, fast = fastYAMLToJSONType(d.data); !fast {
+			j, err = yaml.YAMLToJSONStrict(d.data)
+		} else if ft[0] != "" && ft[1] != "" {
+			tm.APIVersion, tm.Kind, peeked = ft[0], ft[1], true
+		}
 		if err != nil {
 			msg := strings.TrimPrefix(err.Error(), "error converting YAML to JSON: ")
 			msg = strings.Join(strings.Fields(strings.Replace(msg, "unmarshal errors:\n", "", 1)), " ")
@@ -204,10 +216,12 @@ func decodeDocument(d document) (objs []*object, probs []Problem, fatal bool) {
 			return nil, nil, false
 		}
 	}
-	var tm metav1.TypeMeta
-	if err := json.Unmarshal(j, &tm); err != nil {
-		return nil, []Problem{{File: d.File, Doc: d.Doc, Line: d.Line,
-			Message: "not a Kubernetes object: want a mapping with apiVersion and kind"}}, true
+	if !peeked {
+		if err := json.Unmarshal(j, &tm); err != nil {
+			return nil, []Problem{{File: d.File, Doc: d.Doc, Line: d.Line,
+				Message: "not a Kubernetes object: want a mapping with apiVersion and kind"}}, true
+		}
+		peeked = true
 	}
 	if tm.Kind == kindList && (tm.APIVersion == "v1" || tm.APIVersion == "") {
 		var list struct {
@@ -222,54 +236,59 @@ func decodeDocument(d document) (objs []*object, probs []Problem, fatal bool) {
 		for i, item := range list.Items {
 			r := d.ref
 			r.Item = i + 1
-			o, p, f := decodeObject(r, d, item, fmt.Sprintf("items[%d].", i))
+			o, p, f := decodeObject(r, d, item, fmt.Sprintf("items[%d].", i), nil)
 			objs = append(objs, o...)
 			probs = append(probs, p...)
 			fatal = fatal || f
 		}
 		return objs, probs, fatal
 	}
-	return decodeObject(d.ref, d, j, "")
+	return decodeObject(d.ref, d, j, "", &tm)
 }
 
 // decodeObject decodes one object's JSON strictly into its typed form.
-func decodeObject(r ref, d document, j []byte, prefix string) ([]*object, []Problem, bool) {
+func decodeObject(r ref, d document, j []byte, prefix string, peek *metav1.TypeMeta) ([]*object, []Problem, bool) {
 	var tm metav1.TypeMeta
-	var meta struct {
-		Metadata struct {
-			Name      string `json:"name"`
-			Namespace string `json:"namespace"`
-		} `json:"metadata"`
-	}
-	if err := json.Unmarshal(j, &tm); err != nil {
+	if peek != nil {
+		tm = *peek
+	} else if err := json.Unmarshal(j, &tm); err != nil {
 		return nil, []Problem{{File: r.File, Doc: r.Doc, Item: r.Item, Line: r.Line,
 			Message: "not a Kubernetes object: want a mapping with apiVersion and kind"}}, true
 	}
-	_ = json.Unmarshal(j, &meta)
-	if info, ok := kinds[tm.Kind]; ok && info.namespaced && meta.Metadata.Namespace == "" {
-		meta.Metadata.Namespace = metav1.NamespaceDefault
+	// problem starts a Problem naming the object; it reads the name only when needed.
+	problem := func() Problem {
+		var meta struct {
+			Metadata struct {
+				Name      string `json:"name"`
+				Namespace string `json:"namespace"`
+			} `json:"metadata"`
+		}
+		_ = json.Unmarshal(j, &meta)
+		if info, ok := kinds[tm.Kind]; ok && info.namespaced && meta.Metadata.Namespace == "" {
+			meta.Metadata.Namespace = metav1.NamespaceDefault
+		}
+		return Problem{File: r.File, Doc: r.Doc, Item: r.Item, Line: r.Line, Kind: tm.Kind,
+			Namespace: meta.Metadata.Namespace, Name: meta.Metadata.Name}
 	}
-	base := Problem{File: r.File, Doc: r.Doc, Item: r.Item, Line: r.Line, Kind: tm.Kind,
-		Namespace: meta.Metadata.Namespace, Name: meta.Metadata.Name}
 	switch {
 	case tm.Kind == "":
-		p := base
+		p := problem()
 		p.Field, p.Message = "kind", "Required value: Object 'Kind' is missing"
 		return nil, []Problem{p}, true
 	case tm.APIVersion == "":
-		p := base
+		p := problem()
 		p.Field, p.Message = "apiVersion", "Required value: Object 'apiVersion' is missing"
 		return nil, []Problem{p}, true
 	}
 	info, known := kinds[tm.Kind]
 	if !known {
-		p := base
+		p := problem()
 		p.Warning = true
 		p.Message = fmt.Sprintf("kind %s (%s) is not used by kproxy; ignored", tm.Kind, tm.APIVersion)
 		return nil, []Problem{p}, false
 	}
 	if tm.APIVersion != info.apiVersion {
-		p := base
+		p := problem()
 		p.Field = "apiVersion"
 		p.Message = fmt.Sprintf("Unsupported value: %q: kproxy reads %s as %s", tm.APIVersion, tm.Kind, info.apiVersion)
 		return nil, []Problem{p}, true
@@ -278,6 +297,7 @@ func decodeObject(r ref, d document, j []byte, prefix string) ([]*object, []Prob
 	strict, err := kjson.UnmarshalStrict(j, obj)
 	if err != nil || len(strict) > 0 {
 		p := decodeProblem(d, j, prefix, err, strict, func() any { return info.new() })
+		base := problem()
 		p.Item, p.Kind, p.Namespace, p.Name = r.Item, base.Kind, base.Namespace, base.Name
 		return nil, []Problem{p}, true
 	}
@@ -287,7 +307,7 @@ func decodeObject(r ref, d document, j []byte, prefix string) ([]*object, []Prob
 		obj.SetNamespace(metav1.NamespaceDefault)
 	}
 	if obj.GetName() == "" {
-		p := base
+		p := problem()
 		p.Namespace = obj.GetNamespace()
 		p.Field, p.Message = "metadata.name", "Required value: name or generateName is required"
 		if obj.GetGenerateName() != "" {

@@ -430,7 +430,7 @@ func Load(cfg Config) (*Result, error) {
 		case KindEndpoints:
 			r.EndpointSlices = append(r.EndpointSlices, endpointsSlices(e.out.(*v1.Endpoints))...)
 		case KindPod:
-			r.Pods = append(r.Pods, e.out.(*v1.Pod))
+			r.Pods = append(r.Pods, e.out.(*podInfo).pod())
 		case KindNode:
 			r.Nodes = append(r.Nodes, e.out.(*v1.Node))
 		case KindNamespace:

@@ -166,7 +166,7 @@ func (s *store) scan() (changed bool, dirs []string, err error) {
 		go func() {
 			defer wg.Done()
 			for j := range ch {
-				j.res = decodeFile(j.rel, j.path)
+				j.res = decodeFile(j.rel, j.path, s.vopts)
 			}
 		}()
 	}
@@ -182,7 +182,7 @@ func (s *store) scan() (changed bool, dirs []string, err error) {
 	return true, dirs, nil
 }
 
-func decodeFile(rel, path string) *fileResult {
+func decodeFile(rel, path string, vopts validation.Options) *fileResult {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return &fileResult{broken: true, problems: []Problem{{File: rel, Message: "read: " + err.Error()}}}
@@ -195,6 +195,9 @@ func decodeFile(rel, path string) *fileResult {
 			continue
 		}
 		objs, probs, fatal := decodeDocument(d.document)
+		for _, o := range objs {
+			prepare(o, d.data, vopts)
+		}
 		res.objects = append(res.objects, objs...)
 		res.problems = append(res.problems, probs...)
 		res.broken = res.broken || fatal
@@ -241,15 +244,11 @@ func (s *store) docBytes(r ref) []byte {
 }
 
 // fieldProblems turns field errors on an object into located problems.
-func (s *store) fieldProblems(o *object, errs field.ErrorList) []Problem {
-	var doc []byte
+func fieldProblems(o *object, doc []byte, errs field.ErrorList) []Problem {
 	var out []Problem
 	for _, e := range errs {
 		p := Problem{File: o.File, Doc: o.Doc, Item: o.Item, Line: o.Line, Kind: o.key.Kind,
 			Namespace: o.key.Namespace, Name: o.key.Name, Field: e.Field, Message: e.ErrorBody()}
-		if doc == nil {
-			doc = s.docBytes(o.ref)
-		}
 		prefix := ""
 		if o.Item > 0 {
 			prefix = fmt.Sprintf("items[%d].", o.Item-1)
@@ -437,49 +436,68 @@ func sortProblems(ps []Problem) {
 	})
 }
 
-// process defaults and validates one object, and allocates a service's values.
-func (s *store) process(o *object) (any, []Problem) {
+// prepare defaults and validates one object where it was decoded (in parallel,
+// and with the document at hand to locate errors). Services are allocated later,
+// in order, by process.
+func prepare(o *object, doc []byte, vopts validation.Options) {
 	var errs field.ErrorList
 	switch obj := o.obj.(type) {
 	case *v1.Service:
 		svc := defaultService(obj)
-		if errs = validation.Service(svc, s.vopts); len(errs) == 0 {
-			var out *v1.Service
-			if out, errs = s.alloc.Allocate(svc, o.File); len(errs) == 0 {
-				return out, nil
-			}
+		if errs = validation.Service(svc, vopts); len(errs) == 0 {
+			o.out = svc
 		}
 	case *v1.Pod:
 		pod := defaultPod(obj)
-		if errs = validation.Pod(pod, s.vopts); len(errs) == 0 {
-			return pod, nil
+		if errs = validation.Pod(pod, vopts); len(errs) == 0 {
+			o.out = podInfoOf(pod)
 		}
 	case *discovery.EndpointSlice:
-		if errs = validation.EndpointSlice(obj, s.vopts); len(errs) == 0 {
+		if errs = validation.EndpointSlice(obj, vopts); len(errs) == 0 {
 			if _, ok := obj.Labels[discovery.LabelServiceName]; !ok {
-				return nil, []Problem{{File: o.File, Doc: o.Doc, Item: o.Item, Line: o.Line, Kind: o.key.Kind,
-					Namespace: o.key.Namespace, Name: o.key.Name, Field: "metadata.labels",
-					Message: "Required value: the " + discovery.LabelServiceName + " label names the service the slice belongs to"}}
+				errs = field.ErrorList{field.Required(field.NewPath("metadata", "labels").Key(discovery.LabelServiceName),
+					"names the service the slice belongs to")}
+			} else {
+				o.out = obj
 			}
-			return obj, nil
 		}
 	case *v1.Endpoints:
 		if errs = validateEndpoints(obj); len(errs) == 0 {
-			return obj, nil
+			o.out = obj
 		}
 	case *v1.Node:
-		if errs = validation.Node(obj, s.vopts); len(errs) == 0 {
-			return obj, nil
+		if errs = validation.Node(obj, vopts); len(errs) == 0 {
+			o.out = obj
 		}
 	case *v1.Namespace:
 		errs = apivalidation.ValidateObjectMeta(&obj.ObjectMeta, false, apivalidation.ValidateNamespaceName, field.NewPath("metadata"))
 		if len(errs) == 0 {
-			return obj, nil
+			o.out = obj
 		}
-	default:
-		return nil, []Problem{{File: o.File, Doc: o.Doc, Message: fmt.Sprintf("unexpected object %T", o.obj)}}
 	}
-	return nil, s.fieldProblems(o, errs)
+	// Only what is in force is kept: the decoded object is garbage from here on.
+	o.obj = nil
+	if len(errs) > 0 {
+		o.out = nil
+		o.problems = fieldProblems(o, doc, errs)
+	}
+}
+
+// process returns an object's in-force form: a service with its allocations,
+// or what prepare made.
+func (s *store) process(o *object) (any, []Problem) {
+	if o.problems != nil {
+		return nil, o.problems
+	}
+	svc, ok := o.out.(*v1.Service)
+	if !ok {
+		return o.out, nil
+	}
+	out, errs := s.alloc.Allocate(svc, o.File)
+	if len(errs) > 0 {
+		return nil, fieldProblems(o, s.docBytes(o.ref), errs)
+	}
+	return out, nil
 }
 
 // remove takes an object out of force.
@@ -517,7 +535,7 @@ func (s *store) unindex(k objKey, cur *entry, d *delta) {
 	switch k.Kind {
 	case KindPod:
 		if ix := s.pods[k.Namespace]; ix != nil {
-			ix.remove(cur.out.(*v1.Pod))
+			ix.remove(cur.out.(*podInfo))
 		}
 		d.dirtyNS[k.Namespace] = true
 	case KindService:
@@ -538,7 +556,7 @@ func (s *store) index(k objKey, e *entry, prev *entry, d *delta) {
 			ix = newPodIndex()
 			s.pods[k.Namespace] = ix
 		}
-		ix.add(e.out.(*v1.Pod))
+		ix.add(e.out.(*podInfo))
 		d.dirtyNS[k.Namespace] = true
 	case KindService:
 		var old *v1.Service
@@ -593,7 +611,7 @@ func (s *store) recomputeSlices(ch *change, dirtyNS map[string]bool, dirtySvc ma
 		if e := s.inForce[objKey{Kind: KindService, Namespace: name.Namespace, Name: name.Name}]; e != nil {
 			svc := e.out.(*v1.Service)
 			if len(svc.Spec.Selector) > 0 && svc.Spec.Type != v1.ServiceTypeExternalName {
-				var pods []*v1.Pod
+				var pods []*podInfo
 				if ix := s.pods[name.Namespace]; ix != nil {
 					pods = ix.match(svc.Spec.Selector)
 				}
@@ -625,9 +643,9 @@ func (s *store) recomputeSlices(ch *change, dirtyNS map[string]bool, dirtySvc ma
 	}
 }
 
-// defaultService applies the API server's defaults for the fields kproxy reads.
-func defaultService(in *v1.Service) *v1.Service {
-	svc := in.DeepCopy()
+// defaultService applies the API server's defaults for the fields kproxy reads,
+// in place: the object is the decoder's own.
+func defaultService(svc *v1.Service) *v1.Service {
 	spec := &svc.Spec
 	if spec.Type == "" {
 		spec.Type = v1.ServiceTypeClusterIP
@@ -670,10 +688,9 @@ func defaultService(in *v1.Service) *v1.Service {
 	return svc
 }
 
-// defaultPod applies the defaults kproxy depends on: container port protocols
-// (a named targetPort matches on protocol) and podIPs from podIP.
-func defaultPod(in *v1.Pod) *v1.Pod {
-	pod := in.DeepCopy()
+// defaultPod applies the defaults kproxy depends on, in place: container port
+// protocols (a named targetPort matches on protocol) and podIPs from podIP.
+func defaultPod(pod *v1.Pod) *v1.Pod {
 	for _, cs := range [][]v1.Container{pod.Spec.Containers, pod.Spec.InitContainers} {
 		for i := range cs {
 			for j := range cs[i].Ports {
