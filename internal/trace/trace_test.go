@@ -126,6 +126,10 @@ func testSnapshot(t *testing.T) *model.Snapshot {
 		makeTestService("v6only", "fd00:10:96::19", func(s *v1.Service) {
 			s.Spec.IPFamilies = []v1.IPFamily{v1.IPv6Protocol}
 		}),
+		makeTestService("dual-v4eps", "10.96.0.22", func(s *v1.Service) {
+			s.Spec.ClusterIPs = []string{"10.96.0.22", "fd00:10:96::22"}
+			s.Spec.IPFamilies = []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}
+		}),
 		makeTestService("udp-empty", "10.96.0.21", func(s *v1.Service) {
 			s.Spec.Ports = []v1.ServicePort{{Name: "dns", Port: 53, Protocol: v1.ProtocolUDP}}
 		}),
@@ -151,6 +155,7 @@ func testSnapshot(t *testing.T) *model.Snapshot {
 		makeTestSlice("dual", "dual-4", "http", v1.ProtocolTCP, 8080, up("10.244.0.15", "node-a")),
 		makeTestSlice("dual", "dual-6", "http", v1.ProtocolTCP, 8080, up("fd00:10:244::15", "node-a"), up("fd00:10:244:1::15", "node-b")),
 		makeTestSlice("v6only", "v6-1", "http", v1.ProtocolTCP, 8080, up("fd00:10:244:1::16", "node-b")),
+		makeTestSlice("dual-v4eps", "dv4-1", "http", v1.ProtocolTCP, 8080, up("10.244.1.18", "node-b")),
 		makeTestSlice("lb-ranges-node", "lbrn-1", "http", v1.ProtocolTCP, 8080, up("10.244.1.17", "node-b")),
 	} {
 		tr.OnEndpointSliceAdd(s)
@@ -382,6 +387,11 @@ func modelCases() []modelCase {
 			from: "2001:db8::7", to: "[fd00:10:96::19]:80/tcp",
 			wantVerdict: VerdictDNAT, wantService: "ns/v6only:http", wantVia: ViaClusterIP, wantPolicy: PolicyCluster,
 			wantEndpoints: []string{"[fd00:10:244:1::16]:8080"}, wantMasq: true,
+		},
+		{
+			name: "dual-stack service with IPv4 endpoints only: IPv6 is rejected (each family on its own)",
+			from: "fd00:10:244::99", to: "[fd00:10:96::22]:80/tcp",
+			wantVerdict: VerdictReject, wantService: "ns/dual-v4eps:http", wantVia: ViaClusterIP, wantReason: "no usable IPv6 endpoints",
 		},
 		{
 			name: "unserved IPv6 port on a cluster IP is rejected",
