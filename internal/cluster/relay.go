@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netns"
 )
@@ -161,4 +163,45 @@ func (r *Relay) Close() error {
 		err = nil
 	}
 	return err
+}
+
+// DialIn opens a TCP connection from inside the namespace at nsPath: the
+// socket is created there and keeps belonging to it.
+func DialIn(ctx context.Context, nsPath, addr string) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		target, err := netns.GetFromPath(nsPath)
+		if err != nil {
+			ch <- result{err: fmt.Errorf("open netns %s: %w", nsPath, err)}
+			return
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			ch <- result{err: fmt.Errorf("enter netns %s: %w", nsPath, err)}
+			return
+		}
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	return r.c, r.err
+}
+
+// HTTPClientIn returns an HTTP client whose connections start inside the
+// namespace at nsPath (to read a proxy's metrics on its loopback).
+func HTTPClientIn(nsPath string) *http.Client {
+	return &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+				return DialIn(ctx, nsPath, addr)
+			},
+			DisableKeepAlives: true,
+		},
+	}
 }
