@@ -42,9 +42,13 @@ func makeTestService(name, clusterIP string, mutate func(*v1.Service)) *v1.Servi
 type testEP struct {
 	ip, node string
 	ready    bool
+	serving  bool // while terminating
 }
 
 func up(ip, node string) testEP { return testEP{ip: ip, node: node, ready: true} }
+
+// draining is a terminating endpoint that still serves.
+func draining(ip, node string) testEP { return testEP{ip: ip, node: node, serving: true} }
 
 // makeTestSlice builds a slice for the service's "http" port (or the named port).
 func makeTestSlice(svc, name, portName string, proto v1.Protocol, port int32, eps ...testEP) *discovery.EndpointSlice {
@@ -60,7 +64,7 @@ func makeTestSlice(svc, name, portName string, proto v1.Protocol, port int32, ep
 	for _, e := range eps {
 		s.Endpoints = append(s.Endpoints, discovery.Endpoint{
 			Addresses:  []string{e.ip},
-			Conditions: discovery.EndpointConditions{Ready: ptr.To(e.ready), Serving: ptr.To(e.ready), Terminating: ptr.To(!e.ready)},
+			Conditions: discovery.EndpointConditions{Ready: ptr.To(e.ready), Serving: ptr.To(e.ready || e.serving), Terminating: ptr.To(!e.ready)},
 			NodeName:   ptr.To(e.node),
 		})
 	}
@@ -130,6 +134,7 @@ func testSnapshot(t *testing.T) *model.Snapshot {
 			s.Spec.ClusterIPs = []string{"10.96.0.22", "fd00:10:96::22"}
 			s.Spec.IPFamilies = []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}
 		}),
+		makeTestService("draining", "10.96.0.23", nil),
 		makeTestService("udp-empty", "10.96.0.21", func(s *v1.Service) {
 			s.Spec.Ports = []v1.ServicePort{{Name: "dns", Port: 53, Protocol: v1.ProtocolUDP}}
 		}),
@@ -155,6 +160,8 @@ func testSnapshot(t *testing.T) *model.Snapshot {
 		makeTestSlice("dual", "dual-4", "http", v1.ProtocolTCP, 8080, up("10.244.0.15", "node-a")),
 		makeTestSlice("dual", "dual-6", "http", v1.ProtocolTCP, 8080, up("fd00:10:244::15", "node-a"), up("fd00:10:244:1::15", "node-b")),
 		makeTestSlice("v6only", "v6-1", "http", v1.ProtocolTCP, 8080, up("fd00:10:244:1::16", "node-b")),
+		makeTestSlice("draining", "dr-1", "http", v1.ProtocolTCP, 8080,
+			draining("10.244.0.19", "node-a"), draining("10.244.1.19", "node-b"), testEP{ip: "10.244.1.20", node: "node-b"}),
 		makeTestSlice("dual-v4eps", "dv4-1", "http", v1.ProtocolTCP, 8080, up("10.244.1.18", "node-b")),
 		makeTestSlice("lb-ranges-node", "lbrn-1", "http", v1.ProtocolTCP, 8080, up("10.244.1.17", "node-b")),
 	} {
@@ -387,6 +394,12 @@ func modelCases() []modelCase {
 			from: "2001:db8::7", to: "[fd00:10:96::19]:80/tcp",
 			wantVerdict: VerdictDNAT, wantService: "ns/v6only:http", wantVia: ViaClusterIP, wantPolicy: PolicyCluster,
 			wantEndpoints: []string{"[fd00:10:244:1::16]:8080"}, wantMasq: true,
+		},
+		{
+			name: "only terminating endpoints: the serving ones are used",
+			from: "10.244.0.99", to: "10.96.0.23:80/tcp",
+			wantVerdict: VerdictDNAT, wantService: "ns/draining:http", wantVia: ViaClusterIP, wantPolicy: PolicyCluster,
+			wantEndpoints: []string{"10.244.0.19:8080", "10.244.1.19:8080"},
 		},
 		{
 			name: "dual-stack service with IPv4 endpoints only: IPv6 is rejected (each family on its own)",
