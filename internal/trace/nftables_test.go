@@ -15,6 +15,7 @@ import (
 
 	"github.com/kproxy/kproxy/internal/model"
 	"github.com/kproxy/kproxy/internal/nftables"
+	"github.com/kproxy/kproxy/internal/userspace"
 )
 
 // nftDivergences are the cases where kproxy's nftables data plane, as built,
@@ -162,6 +163,18 @@ func TestKernelFor(t *testing.T) {
 	}
 	if _, ok := KernelFor(struct{}{}); ok {
 		t.Error("KernelFor(other) = true")
+	}
+
+	if o := ForDataplane(p, Options{}); o.Kernel == nil || o.Userspace {
+		t.Errorf("ForDataplane(nftables) = %+v", o)
+	}
+	us, err := userspace.New(userspace.Defaults(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer us.Close()
+	if o := ForDataplane(us, Options{Kernel: fk}); o.Kernel != nil || !o.Userspace {
+		t.Errorf("ForDataplane(userspace) = %+v", o)
 	}
 }
 

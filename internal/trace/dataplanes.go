@@ -10,6 +10,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/kproxy/kproxy/internal/nftables"
+	"github.com/kproxy/kproxy/internal/userspace"
 )
 
 // NFTablesReader is what the kernel tracer needs from the nftables data plane:
@@ -28,6 +29,21 @@ var _ NFTablesReader = (*nftables.Proxier)(nil)
 func NFTables(r NFTablesReader) KernelState { return nftKernel{r: r} }
 
 type nftKernel struct{ r NFTablesReader }
+
+// ForDataplane fills in what a trace must know about the data plane in use:
+// the kernel tracer for nftables (see KernelFor), userspace semantics for the
+// userspace proxy. The app calls it once with its data plane.
+func ForDataplane(dataplane any, opts Options) Options {
+	if _, ok := dataplane.(*userspace.Proxier); ok {
+		opts.Userspace = true
+		opts.Kernel = nil
+		return opts
+	}
+	if ks, ok := KernelFor(dataplane); ok {
+		opts.Kernel = ks
+	}
+	return opts
+}
 
 // KernelFor returns the kernel tracer of a data plane: the data plane itself
 // if it implements KernelState, the nftables reader adapter if it can read its
