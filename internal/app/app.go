@@ -54,7 +54,7 @@ func newRootCommand() *cobra.Command {
 			fmt.Fprintln(cmd.OutOrStdout(), "kproxy", Version)
 		},
 	})
-	root.AddCommand(newRunCommand(), newValidateCommand(), newGetCommand(), newDescribeCommand(), newTraceCommand())
+	root.AddCommand(newRunCommand(), newValidateCommand(), newGetCommand(), newDescribeCommand(), newTraceCommand(), newCleanupCommand())
 	return root
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/kproxy/kproxy/internal/config"
 	"github.com/kproxy/kproxy/internal/describe"
 	"github.com/kproxy/kproxy/internal/manifest"
+	"github.com/kproxy/kproxy/internal/nftables"
 	"github.com/kproxy/kproxy/internal/trace"
 )
 
@@ -290,5 +291,25 @@ func newTraceCommand() *cobra.Command {
 	cmd.Flags().StringVar(&to, "to", "", "Destination ADDRESS:PORT, optionally /tcp, /udp or /sctp")
 	cmd.Flags().StringVar(&proto, "proto", "", "Protocol, when --to does not say (default tcp)")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	return cmd
+}
+
+func newCleanupCommand() *cobra.Command {
+	table := config.DefaultNFTablesTable
+	cmd := &cobra.Command{
+		Use:   "cleanup",
+		Short: "Remove kproxy's nftables tables (ip and ip6) and exit; nothing else is touched",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			if err := nftables.Cleanup(ctx, nftables.Config{TableName: table}); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed nftables tables ip %s and ip6 %s (if they existed)\n", table, table)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&table, "nftables-table", table, "The name of kproxy's nftables tables")
 	return cmd
 }

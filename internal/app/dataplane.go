@@ -2,13 +2,15 @@ package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 
+	gnft "github.com/google/nftables"
+
 	"github.com/kproxy/kproxy/internal/config"
 	"github.com/kproxy/kproxy/internal/metrics"
+	"github.com/kproxy/kproxy/internal/nftables"
 	"github.com/kproxy/kproxy/internal/userspace"
 )
 
@@ -48,10 +50,30 @@ func newDataplane(ctx context.Context, log *slog.Logger, cfg config.Config, mode
 	return nil, fmt.Errorf("unknown proxy mode %q", mode)
 }
 
-var errNoNFTables = errors.New("the nftables data plane is not part of this build yet")
+// nftablesAvailable asks the kernel, over netlink, to list its nftables tables:
+// that works only with nf_tables present and CAP_NET_ADMIN.
+func nftablesAvailable() error {
+	c, err := gnft.New()
+	if err != nil {
+		return err
+	}
+	defer c.CloseLasting()
+	_, err = c.ListTables()
+	return err
+}
 
-func nftablesAvailable() error { return errNoNFTables }
-
-func newNFTables(context.Context, *slog.Logger, config.Config, *metrics.Metrics) (Dataplane, error) {
-	return nil, errNoNFTables
+func newNFTables(_ context.Context, log *slog.Logger, cfg config.Config, m *metrics.Metrics) (Dataplane, error) {
+	p, err := nftables.New(nftables.Config{
+		TableName:          cfg.NFTablesTable,
+		IPFamilies:         familiesOf(cfg),
+		ClusterCIDRs:       cfg.ClusterCIDRs,
+		MasqueradeAll:      cfg.MasqueradeAll,
+		NodePortAddresses:  cfg.NodePortAddresses,
+		LocalhostNodePorts: cfg.LocalhostNodePorts,
+		Logger:             log.With("dataplane", "nftables"),
+	}, m)
+	if err != nil {
+		return nil, fmt.Errorf("nftables data plane: %w", err)
+	}
+	return p, nil
 }
