@@ -351,7 +351,7 @@ func BenchmarkUpdate(b *testing.B) {
 	snap := bigSnapshot(10000)
 	start := time.Now()
 	s.Update(snap)
-	b.ReportMetric(float64(time.Since(start).Milliseconds()), "first-ms")
+	first := time.Since(start)
 	k := types.NamespacedName{Namespace: "ns7", Name: "db7"}
 	b.ReportAllocs()
 	i := 0
@@ -366,6 +366,7 @@ func BenchmarkUpdate(b *testing.B) {
 			ep{ip: netip.AddrFrom4([4]byte{10, 245, byte(i >> 8), byte(i)}).String()})}
 		s.Update(&next)
 	}
+	b.ReportMetric(float64(first.Milliseconds()), "first-build-ms")
 }
 
 // TestConcurrentUpdate: queries run while updates swap the index (run with -race).
