@@ -1,0 +1,183 @@
+package cluster_test
+
+// BenchmarkVersusKubeProxy: kproxy next to upstream kube-proxy v1.37.2 (nftables
+// mode, built by hack/k8s/build.sh) on the same objects in the same run.
+//
+//	KPROXY_BENCH_SERVICES=10000 go test -run '^$' -bench VersusKubeProxy -benchtime 1x -timeout 60m ./test/e2e/cluster/
+//
+// KPROXY_BENCH_SERVICES (default 1000) services × KPROXY_BENCH_ENDPOINTS (default
+// 10) endpoints are written through the API; KPROXY_BENCH_PROXIES (default
+// "kube-proxy,kproxy") chooses which proxies run, one after the other, each in
+// a fresh network namespace. Measured per proxy:
+//   - start → first sync done: from exec to the end of the first sync
+//     (kubeproxy_sync_proxy_rules_last_timestamp_seconds), which programs every
+//     service because neither proxy syncs before its caches are complete;
+//   - one endpoint change → in the kernel: the proxy's own
+//     kubeproxy_network_programming_duration_seconds for the change (from the
+//     slice's last-change-trigger-time to the end of the sync), median of 5, and
+//     the wall time from the API write to the sync timestamp moving, as polled;
+//   - memory: peak RSS of the proxy, and with its children (kube-proxy's nft).
+//
+// IP plan: endpoints 10.128.0.0/9 (Population.EndpointIP), changed endpoints
+// 10.250.0.0/16; services from 10.96.0.0/16; the proxy's node "node-a" 192.168.10.1.
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kproxy/kproxy/internal/cluster"
+)
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+type benchResult struct {
+	proxy                    string
+	firstSync                time.Duration
+	changeMetric, changeWall time.Duration
+	peakRSS, peakWithChild   int64
+}
+
+func BenchmarkVersusKubeProxy(b *testing.B) {
+	services := envInt("KPROXY_BENCH_SERVICES", 1000)
+	endpoints := envInt("KPROXY_BENCH_ENDPOINTS", 10)
+	proxies := strings.Split(os.Getenv("KPROXY_BENCH_PROXIES"), ",")
+	if os.Getenv("KPROXY_BENCH_PROXIES") == "" {
+		proxies = []string{"kube-proxy", "kproxy"}
+	}
+	c := cluster.ForTest(b, cluster.Options{
+		// Only the namespace machinery: the benchmark writes the slices itself.
+		Controllers: []string{"serviceaccount-controller"},
+		// 10,000 services fill the default /16 comfortably; a bigger etcd quota
+		// and request limits keep the writers from being throttled.
+		APIServerArgs: []string{"--max-requests-inflight=2000", "--max-mutating-requests-inflight=1000"},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 55*time.Minute)
+	defer cancel()
+	if _, err := c.CreateNode(ctx, cluster.NodeSpec{Name: "node-a", InternalIPs: addrs("192.168.10.1")}); err != nil {
+		b.Fatal(err)
+	}
+	pop := cluster.Population{Namespace: "bench", Services: services, EndpointsPerService: endpoints}
+	start := time.Now()
+	if err := c.Populate(ctx, pop); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("created %d services × %d endpoints in %v", services, endpoints, time.Since(start).Round(time.Millisecond))
+
+	var results []benchResult
+	change := 0
+	for _, name := range proxies {
+		results = append(results, runProxyBench(ctx, b, c, pop, name, &change))
+	}
+	b.Logf("\n%d services × %d endpoints\n%-12s %14s %16s %16s %12s %16s", services, endpoints,
+		"proxy", "start→synced", "change (metric)", "change (wall)", "peak RSS", "peak RSS+child")
+	for _, r := range results {
+		b.Logf("%-12s %14v %16v %16v %10.1fMB %14.1fMB", r.proxy, r.firstSync.Round(time.Millisecond),
+			r.changeMetric.Round(time.Millisecond), r.changeWall.Round(time.Millisecond),
+			float64(r.peakRSS)/1e6, float64(r.peakWithChild)/1e6)
+	}
+}
+
+func runProxyBench(ctx context.Context, b *testing.B, c *cluster.Cluster, pop cluster.Population, name string, change *int) benchResult {
+	var bin string
+	var args func(string) []string
+	switch name {
+	case "kube-proxy":
+		bin = c.Tool("kube-proxy")
+		args = func(kubeconfig string) []string {
+			return []string{"--kubeconfig=" + kubeconfig, "--proxy-mode=nftables", "--hostname-override=node-a",
+				"--cluster-cidr=10.244.0.0/16", "--metrics-bind-address=127.0.0.1:10249",
+				"--healthz-bind-address=127.0.0.1:10256", "--conntrack-max-per-core=0", "--v=1"}
+		}
+	case "kproxy":
+		var err error
+		if bin, err = kproxyBinary(); err != nil {
+			b.Fatal(err)
+		}
+		args = func(kubeconfig string) []string {
+			return []string{"run", "--kubeconfig=" + kubeconfig, "--proxy-mode=nftables", "--hostname-override=node-a",
+				"--cluster-cidr=10.244.0.0/16", "--metrics-bind-address=127.0.0.1:10249",
+				"--healthz-bind-address=127.0.0.1:10256"}
+		}
+	default:
+		b.Fatalf("unknown proxy %q", name)
+	}
+	p := startProxy(b, c, name, "", bin, args)
+	r := benchResult{proxy: name}
+	r.firstSync = p.waitFirstSync(ctx, b)
+	b.ReportMetric(r.firstSync.Seconds(), name+"-s-to-synced")
+
+	// One endpoint changed at a time, on services spread over the range.
+	var metricLat, wallLat []time.Duration
+	for k := range 5 {
+		i := (k*pop.Services/5 + *change) % pop.Services
+		*change++
+		before, err := p.scrape(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		slice := pop.Slice(i, func(i, j int) netip.Addr {
+			if j == 0 {
+				return netip.AddrFrom4([4]byte{10, 250, byte(*change >> 8), byte(*change)})
+			}
+			return pop.EndpointIP(i, j)
+		})
+		cur, err := c.Client.DiscoveryV1().EndpointSlices(pop.Namespace).Get(ctx, slice.Name, metav1.GetOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		slice.ResourceVersion = cur.ResourceVersion
+		t0 := time.Now()
+		if _, err := c.Client.DiscoveryV1().EndpointSlices(pop.Namespace).Update(ctx, slice, metav1.UpdateOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		const count, sum = "kubeproxy_network_programming_duration_seconds_count", "kubeproxy_network_programming_duration_seconds_sum"
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			m, err := p.scrape(ctx)
+			if err == nil && m[count] > before[count] && time.Unix(0, int64(m[lastSyncMetric]*1e9)).After(t0) {
+				wall := time.Unix(0, int64(m[lastSyncMetric]*1e9)).Sub(t0)
+				lat := time.Duration((m[sum] - before[sum]) / (m[count] - before[count]) * 1e9)
+				metricLat, wallLat = append(metricLat, lat), append(wallLat, wall)
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("%s: change %d not programmed within 2 minutes", name, k)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		// Both proxies rate-limit syncs (kube-proxy's nftables minSyncPeriod is
+		// 1 s): space the changes so that each measures one change, not the limiter.
+		time.Sleep(1500 * time.Millisecond)
+	}
+	r.changeMetric, r.changeWall = median(metricLat), median(wallLat)
+	b.ReportMetric(r.changeMetric.Seconds(), name+"-s-per-change")
+	main, all, hwm := p.peaks()
+	r.peakRSS, r.peakWithChild = max(main, hwm), max(all, hwm)
+	b.ReportMetric(float64(r.peakRSS)/1e6, name+"-MB-peak-RSS")
+	b.Logf("%s: start→synced %v, change %v (wall %v), peak RSS %.1f MB (with children %.1f MB); all changes %v",
+		name, r.firstSync, r.changeMetric, r.changeWall, float64(r.peakRSS)/1e6, float64(r.peakWithChild)/1e6, metricLat)
+	p.stop(b)
+	return r
+}
+
+func median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
