@@ -26,23 +26,31 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/vishvananda/netns"
 )
 
+// T is what the harness needs from a test; *testing.T and *testing.B satisfy it,
+// and so can a benchmark command.
+type T interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
+
 // NS is one named network namespace.
 type NS struct {
 	Name string
-	t    testing.TB
+	t    T
 }
 
 // Path is the namespace's bind mount, for APIs that take a path.
 func (n *NS) Path() string { return "/run/netns/" + n.Name }
 
 // newNS creates a namespace with loopback up; t.Cleanup deletes it.
-func newNS(t testing.TB, name string) *NS {
+func newNS(t T, name string) *NS {
 	t.Helper()
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
@@ -125,10 +133,10 @@ func randomPrefix() string {
 }
 
 // NewNode creates a node namespace (index 0). It needs root.
-func NewNode(t testing.TB) *Node { return NewNodeIndex(t, 0) }
+func NewNode(t T) *Node { return NewNodeIndex(t, 0) }
 
 // NewNodeIndex creates node number i (its pod subnet is 10.244.i.0/24).
-func NewNodeIndex(t testing.TB, i int) *Node {
+func NewNodeIndex(t T, i int) *Node {
 	t.Helper()
 	prefix := randomPrefix()
 	n := &Node{NS: newNS(t, prefix+"-node"), Index: i, prefix: prefix}
@@ -146,7 +154,7 @@ func NewNodeIndex(t testing.TB, i int) *Node {
 }
 
 // AddPod creates a pod namespace on the node's bridge.
-func (n *Node) AddPod(t testing.TB, name string) *Pod {
+func (n *Node) AddPod(t T, name string) *Pod {
 	t.Helper()
 	n.pods++
 	host := n.pods + 1
@@ -168,7 +176,7 @@ func (n *Node) AddPod(t testing.TB, name string) *Pod {
 
 // AddClient creates the external client on the node's uplink and routes the
 // node's default route to it (which also covers the service CIDRs).
-func (n *Node) AddClient(t testing.TB) *Client {
+func (n *Node) AddClient(t T) *Client {
 	t.Helper()
 	c := &Client{NS: newNS(t, n.prefix+"-client")}
 	n.UplinkV4, n.UplinkV6 = netip.MustParseAddr("192.168.100.1"), netip.MustParseAddr("fd00:100::1")
@@ -219,7 +227,7 @@ func (s *Server) Close() {
 
 // Serve starts TCP and UDP listeners on port in the namespace, on all
 // addresses of both families. t.Cleanup stops them.
-func (n *NS) Serve(t testing.TB, name string, port uint16) *Server {
+func (n *NS) Serve(t T, name string, port uint16) *Server {
 	t.Helper()
 	s := &Server{name: name}
 	err := n.Do(func() error {

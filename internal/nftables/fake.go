@@ -60,6 +60,7 @@ func (k *Fake) Apply(_ context.Context, tx *transaction) error {
 			return &TransactionError{Err: err}
 		}
 	}
+	k.LastElements = 0
 	next := map[family]*fakeTable{}
 	for f, t := range k.tables {
 		next[f] = t
@@ -74,14 +75,13 @@ func (k *Fake) Apply(_ context.Context, tx *transaction) error {
 		} else {
 			t = t.clone()
 		}
-		if err := t.apply(tx.cfg, ft); err != nil {
+		if err := t.apply(k, tx.cfg, ft); err != nil {
 			return &TransactionError{Err: fmt.Errorf("%s: %w", ft.fam, err)}
 		}
 		next[ft.fam] = t
 	}
 	k.tables = next
 	k.Transactions++
-	k.LastElements = 0
 	for _, ft := range tx.fams {
 		for _, els := range ft.adds {
 			k.LastElements += len(els)
@@ -93,7 +93,7 @@ func (k *Fake) Apply(_ context.Context, tx *transaction) error {
 	return nil
 }
 
-func (t *fakeTable) apply(cfg *Config, ft *familyTx) error {
+func (t *fakeTable) apply(k *Fake, cfg *Config, ft *familyTx) error {
 	f := ft.fam
 	for _, c := range ft.flushChains {
 		ci, ok := t.chains[c]
@@ -108,6 +108,14 @@ func (t *fakeTable) apply(cfg *Config, ft *familyTx) error {
 	}
 	for _, s := range ft.delSetsEarly {
 		delete(t.sets, s)
+	}
+	for _, name := range ft.flushSets {
+		s, ok := t.sets[name]
+		if !ok {
+			return fmt.Errorf("flush set %s: no such set", name)
+		}
+		k.LastElements += len(s.elems)
+		s.elems = map[string]Element{}
 	}
 	for _, s := range ft.newSets {
 		if old, ok := t.sets[s.name]; ok {
@@ -188,7 +196,7 @@ func (t *fakeTable) apply(cfg *Config, ft *familyTx) error {
 }
 
 // Read implements kernel.
-func (k *Fake) Read(_ context.Context, f family) (*Table, error) {
+func (k *Fake) Read(_ context.Context, f family, elements bool) (*Table, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	t := k.tables[f]
@@ -199,7 +207,9 @@ func (k *Fake) Read(_ context.Context, f family) (*Table, error) {
 	for n, s := range t.sets {
 		sd := &SetData{KeyLen: s.spec.keyLen(f), DataLen: s.spec.dataLen(f)}
 		for _, e := range s.elems {
-			sd.Elements = append(sd.Elements, e)
+			if elements {
+				sd.Elements = append(sd.Elements, e)
+			}
 		}
 		out.Sets[n] = sd
 	}
@@ -220,7 +230,7 @@ func (k *Fake) Remove(_ context.Context, families []family) error {
 func (k *Fake) Dump(ctx context.Context, families []family) (string, error) {
 	var b strings.Builder
 	for _, f := range families {
-		t, _ := k.Read(ctx, f)
+		t, _ := k.Read(ctx, f, true)
 		if t == nil {
 			continue
 		}

@@ -10,9 +10,10 @@ import (
 type kernel interface {
 	// Apply runs all families' changes as one atomic transaction.
 	Apply(ctx context.Context, tx *transaction) error
-	// Read returns kproxy's table of a family with every set's elements, or
-	// nil when the table does not exist.
-	Read(ctx context.Context, f family) (*Table, error)
+	// Read returns kproxy's table of a family, or nil when it does not exist.
+	// Reading elements costs O(n²/message) in the kernel (a set dump restarts
+	// its walk for every message), so syncs read only the definitions.
+	Read(ctx context.Context, f family, elements bool) (*Table, error)
 	// Remove deletes kproxy's tables (for "kproxy cleanup").
 	Remove(ctx context.Context, families []family) error
 	// Dump renders kproxy's tables as the kernel has them.
@@ -30,7 +31,8 @@ type transaction struct {
 // this order, which keeps every reference valid at every step:
 //  1. create the table if missing; flush flushChains (full syncs rewrite every
 //     rule; this drops the rules' references to sets);
-//  2. delete delChainsEarly and delSetsEarly (objects whose definition changed);
+//  2. delete delChainsEarly and delSetsEarly (objects whose definition changed),
+//     flush flushSets (a takeover re-adds every element: atomic, so no gap);
 //  3. create newSets and newChains (without rules yet);
 //  4. delete dels, then add adds (set elements; a vmap element may goto a new chain);
 //  5. add the rules of ruleChains;
@@ -40,6 +42,7 @@ type familyTx struct {
 	flushChains    []string
 	delChainsEarly []string
 	delSetsEarly   []string
+	flushSets      []string
 	newSets        []setSpec
 	newChains      []string
 	ruleChains     []string
@@ -49,7 +52,7 @@ type familyTx struct {
 }
 
 func (t *familyTx) empty() bool {
-	return len(t.flushChains)+len(t.delChainsEarly)+len(t.delSetsEarly)+len(t.newSets)+len(t.newChains)+
+	return len(t.flushChains)+len(t.delChainsEarly)+len(t.delSetsEarly)+len(t.flushSets)+len(t.newSets)+len(t.newChains)+
 		len(t.ruleChains)+len(t.dels)+len(t.adds)+len(t.delChains)+len(t.delSets) == 0
 }
 

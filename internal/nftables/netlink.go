@@ -25,9 +25,11 @@ type netlinkKernel struct {
 	nsfd *os.File
 }
 
-// batchElems bounds the elements per netlink message; the whole transaction is
+// batchElems bounds the elements per netlink message: the element list is one
+// nested attribute, and attribute lengths are 16 bits, so a message must stay
+// under 64 KiB (512 IPv6 backends are about 35 KiB). The whole transaction is
 // still one batch, so it stays atomic.
-const batchElems = 2048
+const batchElems = 512
 
 // socketBuffer is the send/receive buffer forced on the netlink socket: a full
 // sync of 10,000 services is one batch of several megabytes.
@@ -183,6 +185,9 @@ func (k *netlinkKernel) Apply(_ context.Context, tx *transaction) error {
 		for _, name := range ft.delSetsEarly {
 			c.DelSet(&gnft.Set{Name: name, Table: t})
 		}
+		for _, name := range ft.flushSets {
+			c.FlushSet(&gnft.Set{Name: name, Table: t})
+		}
 		sets := map[string]*gnft.Set{}
 		for _, s := range ft.newSets {
 			set, err := k.set(f, s)
@@ -255,7 +260,7 @@ func isNotExist(err error) bool {
 	return errors.Is(err, unix.ENOENT) || errors.Is(err, os.ErrNotExist)
 }
 
-func (k *netlinkKernel) Read(_ context.Context, f family) (*Table, error) {
+func (k *netlinkKernel) Read(_ context.Context, f family, elements bool) (*Table, error) {
 	t, err := k.conn.ListTableOfFamily(k.cfg.TableName, tableFamily(f))
 	if err != nil {
 		if isNotExist(err) {
@@ -286,9 +291,11 @@ func (k *netlinkKernel) Read(_ context.Context, f family) (*Table, error) {
 		return nil, fmt.Errorf("list sets: %w", err)
 	}
 	for _, s := range sets {
-		els, err := k.conn.GetSetElements(s)
-		if err != nil {
-			return nil, fmt.Errorf("list elements of %s: %w", s.Name, err)
+		var els []gnft.SetElement
+		if elements {
+			if els, err = k.conn.GetSetElements(s); err != nil {
+				return nil, fmt.Errorf("list elements of %s: %w", s.Name, err)
+			}
 		}
 		sd := &SetData{KeyLen: int(s.KeyType.Bytes), DataLen: int(s.DataType.Bytes), Flags: setFlags(s)}
 		if spec, ok := specFor(s.Name); ok && spec.verdict {
@@ -366,7 +373,7 @@ func (k *netlinkKernel) Remove(_ context.Context, families []family) error {
 func (k *netlinkKernel) Dump(ctx context.Context, families []family) (string, error) {
 	var b strings.Builder
 	for _, f := range families {
-		t, err := k.Read(ctx, f)
+		t, err := k.Read(ctx, f, true)
 		if err != nil {
 			return "", err
 		}

@@ -168,7 +168,7 @@ func (p *Proxier) Dump(ctx context.Context) (string, error) {
 func (p *Proxier) Tables(ctx context.Context) ([]*Table, error) {
 	var out []*Table
 	for _, f := range p.fams {
-		t, err := p.k.Read(ctx, f)
+		t, err := p.k.Read(ctx, f, true)
 		if err != nil {
 			return nil, err
 		}
@@ -284,11 +284,19 @@ func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, erro
 	tx := &transaction{cfg: &p.cfg}
 	chains, sets := map[family]map[string]bool{}, map[family]map[string]bool{}
 	for _, f := range p.fams {
-		t, err := p.k.Read(ctx, f)
+		t, err := p.k.Read(ctx, f, false)
 		if err != nil {
 			return 0, fmt.Errorf("read %s table: %w", f, err)
 		}
-		ft, ch, se := p.planFull(f, t, stores[f])
+		// After a successful sync kproxy knows the elements the kernel has; a
+		// periodic resync diffs against that. Otherwise (start, takeover, after
+		// a failure) it flushes its sets and re-adds everything in the same
+		// transaction: as fast as a cold load, and atomic, so no packet sees a gap.
+		var have map[string]map[string]Element
+		if !p.needFull && p.stores[f] != nil {
+			have = p.stores[f].have
+		}
+		ft, ch, se := p.planFull(f, t, stores[f], have)
 		tx.fams = append(tx.fams, ft)
 		chains[f], sets[f] = ch, se
 	}
@@ -305,7 +313,7 @@ func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, erro
 }
 
 // planFull plans a full sync of one family against what the kernel has.
-func (p *Proxier) planFull(f family, t *Table, st *store) (*familyTx, map[string]bool, map[string]bool) {
+func (p *Proxier) planFull(f family, t *Table, st *store, trusted map[string]map[string]Element) (*familyTx, map[string]bool, map[string]bool) {
 	ft := &familyTx{fam: f}
 	wantChains := map[string]bool{}
 	for _, c := range staticChains(&p.cfg) {
@@ -320,7 +328,6 @@ func (p *Proxier) planFull(f family, t *Table, st *store) (*familyTx, map[string
 		s := backendsSpec(c.n)
 		wantSets[s.name] = s
 	}
-	have := map[string]map[string]Element{}
 	if t == nil {
 		t = &Table{Chains: map[string]ChainInfo{}, Sets: map[string]*SetData{}}
 	}
@@ -340,7 +347,8 @@ func (p *Proxier) planFull(f family, t *Table, st *store) (*familyTx, map[string
 		existingChains[name] = true
 	}
 	existingSets := map[string]bool{}
-	for name, sd := range t.Sets {
+	for _, name := range sortedKeys(t.Sets) {
+		sd := t.Sets[name]
 		spec, ok := wantSets[name]
 		if !ok {
 			ft.delSets = append(ft.delSets, name)
@@ -351,14 +359,15 @@ func (p *Proxier) planFull(f family, t *Table, st *store) (*familyTx, map[string
 			continue
 		}
 		existingSets[name] = true
-		if spec.dynamic {
-			continue // the kernel's to fill
+		if trusted == nil && !spec.dynamic {
+			ft.flushSets = append(ft.flushSets, name)
 		}
-		m := make(map[string]Element, len(sd.Elements))
-		for _, e := range sd.Elements {
-			m[e.id()] = e
+	}
+	have := map[string]map[string]Element{}
+	for name, m := range trusted {
+		if existingSets[name] {
+			have[name] = m
 		}
-		have[name] = m
 	}
 	st.setHave(have)
 	for _, name := range sortedKeys(wantSets) {
