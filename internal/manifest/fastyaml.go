@@ -64,8 +64,12 @@ type fastParser struct {
 }
 
 func (p *fastParser) lines(doc []byte) bool {
-	if bytes.IndexByte(doc, '\t') >= 0 || bytes.IndexByte(doc, '\r') >= 0 {
-		return false
+	// Tabs and CRs have subtle YAML rules, and some non-ASCII characters are line
+	// breaks in YAML 1.1: leave all of those to the full decoder.
+	for _, c := range doc {
+		if c == '\t' || c == '\r' || c >= 0x80 {
+			return false
+		}
 	}
 	for len(doc) > 0 {
 		var l []byte
