@@ -102,9 +102,11 @@ func walk(n *yamlv3.Node, toks []pathToken, built string, want func(*yamlv3.Node
 				name += "." + toks[k-1].name
 			}
 			for i := 0; i+1 < len(n.Content); i += 2 {
-				if n.Content[i].Value != name {
+				// Case-insensitively: kube-apiserver names spec.LoadBalancerSourceRanges.
+				if !strings.EqualFold(n.Content[i].Value, name) {
 					continue
 				}
+				name := n.Content[i].Value
 				next := built
 				if t.index {
 					next += "[" + name + "]"

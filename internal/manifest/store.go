@@ -253,11 +253,19 @@ func fieldProblems(o *object, doc []byte, errs field.ErrorList) []Problem {
 		if o.Item > 0 {
 			prefix = fmt.Sprintf("items[%d].", o.Item-1)
 		}
-		// The field may be absent (a required value): fall back to its parent.
-		for path := prefix + e.Field; path != "" && path != strings.TrimSuffix(prefix, "."); path = parentPath(path) {
-			if line, _ := locate(doc, path, nil); line > 0 {
-				p.Line = o.Line + line - 1
-				break
+		// The field may be absent (a required value): fall back to its parent. The
+		// API server names spec.clusterIPs[0] for what is often written as clusterIP.
+		paths := []string{prefix + e.Field}
+		if strings.Contains(e.Field, "clusterIPs[0]") {
+			paths = append([]string{prefix + strings.Replace(e.Field, "clusterIPs[0]", "clusterIP", 1)}, paths...)
+		}
+	find:
+		for _, path := range paths {
+			for ; path != "" && path != strings.TrimSuffix(prefix, "."); path = parentPath(path) {
+				if line, _ := locate(doc, path, nil); line > 0 {
+					p.Line = o.Line + line - 1
+					break find
+				}
 			}
 		}
 		out = append(out, p)
