@@ -132,71 +132,91 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	return a
 }
 
-// store holds one family's set contents twice: what kproxy wants (with
-// reference counts, since several ports can need one element: a cluster IP, a
-// hairpin pair) and what the kernel has after the last successful transaction.
-// A sync touches only the dirty keys, so its cost follows the change, not the table.
+// store holds one family's set contents: per element, the value kproxy wants
+// (with a reference count, since several ports can need one element: a cluster
+// IP, a hairpin pair) and whether the kernel has it, after the last successful
+// transaction. One slot serves both, so the data plane keeps one copy of each
+// element. A sync touches only the dirty keys, so its cost follows the change.
 type store struct {
-	want  map[string]map[string]*entry
-	have  map[string]map[string]Element
-	dirty map[string]map[string]struct{}
+	sets  map[string]map[string]*slot
+	dirty []dirtyKey
 }
 
-type entry struct {
-	el   Element
-	refs int
+type slot struct {
+	el       Element  // the wanted value (while refs > 0), else what the kernel has
+	old      *Element // what the kernel has, when it differs from el
+	refs     int32
+	inKernel bool
+	dirty    bool
 }
 
-func newStore() *store {
-	return &store{
-		want:  map[string]map[string]*entry{},
-		have:  map[string]map[string]Element{},
-		dirty: map[string]map[string]struct{}{},
+type dirtyKey struct{ set, id string }
+
+func newStore() *store { return &store{sets: map[string]map[string]*slot{}} }
+
+func (s *store) slot(set, id string, create bool) *slot {
+	m := s.sets[set]
+	if m == nil {
+		if !create {
+			return nil
+		}
+		m = map[string]*slot{}
+		s.sets[set] = m
+	}
+	sl := m[id]
+	if sl == nil && create {
+		sl = &slot{}
+		m[id] = sl
+	}
+	return sl
+}
+
+func (s *store) touch(set, id string, sl *slot) {
+	if !sl.dirty {
+		sl.dirty = true
+		s.dirty = append(s.dirty, dirtyKey{set, id})
 	}
 }
 
-func (s *store) touch(set, id string) {
-	d := s.dirty[set]
-	if d == nil {
-		d = map[string]struct{}{}
-		s.dirty[set] = d
+// kernelValue is what the kernel has for the slot (valid when inKernel).
+func (sl *slot) kernelValue() Element {
+	if sl.old != nil {
+		return *sl.old
 	}
-	d[id] = struct{}{}
+	return sl.el
+}
+
+// setWanted changes the wanted value, remembering the kernel's.
+func (sl *slot) setWanted(e Element) {
+	if sl.inKernel && sl.old == nil {
+		old := sl.el
+		sl.old = &old
+	}
+	sl.el = e
 }
 
 func (s *store) add(set string, e Element) {
-	m := s.want[set]
-	if m == nil {
-		m = map[string]*entry{}
-		s.want[set] = m
-	}
 	id := e.id()
-	if old, ok := m[id]; ok {
-		old.refs++
-		if !old.el.sameValue(e) {
-			// Same key, new value: the last writer wins (two services claiming
-			// one external IP and port is a conflict kube-proxy resolves the same way).
-			old.el = e
-			s.touch(set, id)
-		}
-		return
+	sl := s.slot(set, id, true)
+	sl.refs++
+	// A new element, one the kernel has but nobody wanted any more, or the
+	// same key with a new value (the last writer wins: two services claiming
+	// one external IP and port is a conflict kube-proxy resolves the same way).
+	if (sl.refs == 1 && !sl.inKernel) || !sl.el.sameValue(e) {
+		sl.setWanted(e)
 	}
-	m[id] = &entry{el: e, refs: 1}
-	s.touch(set, id)
+	s.touch(set, id, sl)
 }
 
 func (s *store) remove(set string, e Element) {
-	m := s.want[set]
 	id := e.id()
-	old, ok := m[id]
-	if !ok {
+	sl := s.slot(set, id, false)
+	if sl == nil || sl.refs == 0 {
 		return
 	}
-	if old.refs--; old.refs > 0 {
-		return
+	if sl.refs--; sl.refs == 0 {
+		s.touch(set, id, sl)
 	}
-	delete(m, id)
-	s.touch(set, id)
 }
 
 func (s *store) apply(c contribution, add bool) {
@@ -211,42 +231,54 @@ func (s *store) apply(c contribution, add bool) {
 	}
 }
 
-// setHave replaces the believed kernel state (after reading the kernel) and
-// marks every key dirty.
-func (s *store) setHave(have map[string]map[string]Element) {
-	s.have = have
-	s.dirty = map[string]map[string]struct{}{}
-	for set, m := range have {
-		for id := range m {
-			s.touch(set, id)
+// adoptKernel records that the kernel has the elements old has in its sets
+// (those that exist in keep), and marks every key dirty: the next diff covers
+// the whole table. A nil old means the kernel's sets are (being) emptied.
+func (s *store) adoptKernel(old *store, keep map[string]bool) {
+	if old != nil {
+		for set, m := range old.sets {
+			if !keep[set] {
+				continue
+			}
+			for id, o := range m {
+				if !o.inKernel {
+					continue
+				}
+				sl := s.slot(set, id, true)
+				kv := o.kernelValue()
+				if sl.refs == 0 {
+					sl.el = kv
+				} else if !sl.el.sameValue(kv) {
+					sl.old = &kv
+				}
+				sl.inKernel = true
+			}
 		}
 	}
-	for set, m := range s.want {
-		for id := range m {
-			s.touch(set, id)
+	for set, m := range s.sets {
+		for id, sl := range m {
+			s.touch(set, id, sl)
 		}
 	}
 }
 
-// diff returns the element deletions and additions that turn have into want.
+// diff returns the element deletions and additions that make the kernel match.
 // A changed value is a deletion plus an addition of the same key: within one
 // transaction that is atomic.
 func (s *store) diff() (dels, adds map[string][]Element) {
 	dels, adds = map[string][]Element{}, map[string][]Element{}
-	for set, ids := range s.dirty {
-		for id := range ids {
-			h, inHave := s.have[set][id]
-			w, inWant := s.want[set][id]
-			switch {
-			case inHave && inWant && h.sameValue(w.el):
-			case inHave && inWant:
-				dels[set] = append(dels[set], h)
-				adds[set] = append(adds[set], w.el)
-			case inHave:
-				dels[set] = append(dels[set], h)
-			case inWant:
-				adds[set] = append(adds[set], w.el)
-			}
+	for _, d := range s.dirty {
+		sl := s.sets[d.set][d.id]
+		want := sl.refs > 0
+		switch {
+		case want && sl.inKernel && sl.kernelValue().sameValue(sl.el):
+		case want && sl.inKernel:
+			dels[d.set] = append(dels[d.set], sl.kernelValue())
+			adds[d.set] = append(adds[d.set], sl.el)
+		case sl.inKernel:
+			dels[d.set] = append(dels[d.set], sl.kernelValue())
+		case want:
+			adds[d.set] = append(adds[d.set], sl.el)
 		}
 	}
 	return dels, adds
@@ -254,28 +286,26 @@ func (s *store) diff() (dels, adds map[string][]Element) {
 
 // commit records that the kernel now has what was wanted for the dirty keys.
 func (s *store) commit() {
-	for set, ids := range s.dirty {
-		h := s.have[set]
-		if h == nil {
-			h = map[string]Element{}
-			s.have[set] = h
+	for _, d := range s.dirty {
+		m := s.sets[d.set]
+		sl := m[d.id]
+		if sl.refs == 0 {
+			delete(m, d.id)
+			continue
 		}
-		for id := range ids {
-			if w, ok := s.want[set][id]; ok {
-				h[id] = w.el
-			} else {
-				delete(h, id)
-			}
-		}
+		sl.inKernel, sl.old, sl.dirty = true, nil, false
 	}
-	s.dirty = map[string]map[string]struct{}{}
+	s.dirty = nil
 }
 
 // classes returns the DNAT classes the wanted frontends map refers to.
 func (s *store) classes() map[class]struct{} {
 	out := map[class]struct{}{}
-	for _, e := range s.want[mapFrontends] {
-		if c, ok := parseClassChain(e.el.Verdict); ok {
+	for _, sl := range s.sets[mapFrontends] {
+		if sl.refs == 0 {
+			continue
+		}
+		if c, ok := parseClassChain(sl.el.Verdict); ok {
 			out[c] = struct{}{}
 		}
 	}

@@ -37,10 +37,10 @@ type Proxier struct {
 	needFull bool
 }
 
-// portRecord is a service port as last programmed.
+// portRecord is a service port as last programmed. Its elements are not kept:
+// buildPort recomputes them from the view when the port changes.
 type portRecord struct {
-	pv      *model.PortView
-	contrib map[family]contribution
+	pv *model.PortView
 }
 
 // New returns a Proxier that programs the kernel over netlink.
@@ -260,13 +260,6 @@ func (p *Proxier) recordNoLocal(snap *model.Snapshot) {
 	}
 }
 
-func (p *Proxier) buildRecord(pv *model.PortView) *portRecord {
-	rec := &portRecord{pv: pv, contrib: map[family]contribution{}}
-	for _, f := range p.fams {
-		rec.contrib[f] = buildPort(&p.cfg, f, pv)
-	}
-	return rec
-}
 
 func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, error) {
 	records := make(map[model.ServicePortName]*portRecord, len(snap.Ports))
@@ -275,10 +268,9 @@ func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, erro
 		stores[f] = newStore()
 	}
 	for name, pv := range snap.Ports {
-		rec := p.buildRecord(pv)
-		records[name] = rec
+		records[name] = &portRecord{pv: pv}
 		for _, f := range p.fams {
-			stores[f].apply(rec.contrib[f], true)
+			stores[f].apply(buildPort(&p.cfg, f, pv), true)
 		}
 	}
 	tx := &transaction{cfg: &p.cfg}
@@ -292,11 +284,11 @@ func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, erro
 		// periodic resync diffs against that. Otherwise (start, takeover, after
 		// a failure) it flushes its sets and re-adds everything in the same
 		// transaction: as fast as a cold load, and atomic, so no packet sees a gap.
-		var have map[string]map[string]Element
-		if !p.needFull && p.stores[f] != nil {
-			have = p.stores[f].have
+		var trusted *store
+		if !p.needFull {
+			trusted = p.stores[f]
 		}
-		ft, ch, se := p.planFull(f, t, stores[f], have)
+		ft, ch, se := p.planFull(f, t, stores[f], trusted)
 		tx.fams = append(tx.fams, ft)
 		chains[f], sets[f] = ch, se
 	}
@@ -313,7 +305,7 @@ func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, erro
 }
 
 // planFull plans a full sync of one family against what the kernel has.
-func (p *Proxier) planFull(f family, t *Table, st *store, trusted map[string]map[string]Element) (*familyTx, map[string]bool, map[string]bool) {
+func (p *Proxier) planFull(f family, t *Table, st *store, trusted *store) (*familyTx, map[string]bool, map[string]bool) {
 	ft := &familyTx{fam: f}
 	wantChains := map[string]bool{}
 	for _, c := range staticChains(&p.cfg) {
@@ -363,13 +355,7 @@ func (p *Proxier) planFull(f family, t *Table, st *store, trusted map[string]map
 			ft.flushSets = append(ft.flushSets, name)
 		}
 	}
-	have := map[string]map[string]Element{}
-	for name, m := range trusted {
-		if existingSets[name] {
-			have[name] = m
-		}
-	}
-	st.setHave(have)
+	st.adoptKernel(trusted, existingSets)
 	for _, name := range sortedKeys(wantSets) {
 		if !existingSets[name] {
 			ft.newSets = append(ft.newSets, wantSets[name])
@@ -405,15 +391,15 @@ func (p *Proxier) syncPartial(ctx context.Context, snap *model.Snapshot) (int, e
 		pv := snap.Ports[name]
 		var rec *portRecord
 		if pv != nil {
-			rec = p.buildRecord(pv)
+			rec = &portRecord{pv: pv}
 		}
 		records[name] = rec
 		for _, f := range p.fams {
 			if old != nil {
-				p.stores[f].apply(old.contrib[f], false)
+				p.stores[f].apply(buildPort(&p.cfg, f, old.pv), false)
 			}
 			if rec != nil {
-				p.stores[f].apply(rec.contrib[f], true)
+				p.stores[f].apply(buildPort(&p.cfg, f, pv), true)
 			}
 		}
 	}

@@ -66,6 +66,7 @@ func Run(args []string) int {
 	child := fs.String("child", "", "internal: run one measurement (scale) and print JSON")
 	n := fs.Int("n", 0, "internal: service count for -child")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the -child run")
+	memprofile := fs.String("memprofile", "", "write a heap profile at the end of the -child run")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -87,7 +88,7 @@ func Run(args []string) int {
 			}
 			defer pprof.StopCPUProfile()
 		}
-		return childScale(*n)
+		return childScale(*n, *memprofile)
 	}
 	var rep Report
 	for _, s := range parseInts(*sizes) {
@@ -173,7 +174,7 @@ func runChild(n int) (ScaleResult, error) {
 
 // childScale measures one service count in a fresh process, so that its peak
 // RSS is the data plane's and the model's alone.
-func childScale(n int) int {
+func childScale(n int, memprofile string) int {
 	rt := &runT{}
 	defer rt.close()
 	node := netnstest.NewNode(rt)
@@ -220,6 +221,16 @@ func childScale(n int) int {
 	runtime.ReadMemStats(&ms)
 	res.HeapMiB = float64(ms.HeapInuse) / (1 << 20)
 	res.RSSMiB = procStatusMiB("VmHWM")
+	if memprofile != "" {
+		f, err := os.Create(memprofile)
+		if err != nil {
+			rt.Fatal(err)
+		}
+		if err := pprof.WriteHeapProfile(f); err != nil {
+			rt.Fatal(err)
+		}
+		f.Close()
+	}
 	runtime.KeepAlive(tr)
 	if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
 		rt.Fatal(err)
