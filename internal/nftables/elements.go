@@ -231,32 +231,17 @@ func (s *store) apply(c contribution, add bool) {
 	}
 }
 
-// adoptKernel records that the kernel has the elements old has in its sets
-// (those that exist in keep), and marks every key dirty: the next diff covers
-// the whole table. A nil old means the kernel's sets are (being) emptied.
-func (s *store) adoptKernel(old *store, keep map[string]bool) {
-	if old != nil {
-		for set, m := range old.sets {
-			if !keep[set] {
-				continue
-			}
-			for id, o := range m {
-				if !o.inKernel {
-					continue
-				}
-				sl := s.slot(set, id, true)
-				kv := o.kernelValue()
-				if sl.refs == 0 {
-					sl.el = kv
-				} else if !sl.el.sameValue(kv) {
-					sl.old = &kv
-				}
-				sl.inKernel = true
-			}
-		}
-	}
+// resetWants starts a resync in place: nothing is wanted any more until the
+// ports are applied again, and the diff then covers every key. Sets the kernel
+// no longer has (present false) lose their kernel state. Rebuilding in place,
+// rather than next to the old store, keeps one copy of the elements in memory.
+func (s *store) resetWants(present map[string]bool) {
 	for set, m := range s.sets {
 		for id, sl := range m {
+			sl.refs = 0
+			if !present[set] {
+				sl.inKernel, sl.old = false, nil
+			}
 			s.touch(set, id, sl)
 		}
 	}

@@ -260,13 +260,32 @@ func (p *Proxier) recordNoLocal(snap *model.Snapshot) {
 	}
 }
 
-
 func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, error) {
-	records := make(map[model.ServicePortName]*portRecord, len(snap.Ports))
+	tables := map[family]*Table{}
 	stores := map[family]*store{}
 	for _, f := range p.fams {
-		stores[f] = newStore()
+		t, err := p.k.Read(ctx, f, false)
+		if err != nil {
+			return 0, fmt.Errorf("read %s table: %w", f, err)
+		}
+		if t == nil {
+			t = &Table{Chains: map[string]ChainInfo{}, Sets: map[string]*SetData{}}
+		}
+		tables[f] = t
+		// After a successful sync kproxy knows the elements the kernel has, and a
+		// periodic resync diffs against that, in place. Otherwise (start,
+		// takeover, after a failure) reading the elements back would cost more
+		// than loading them (set dumps are quadratic), so the transaction flushes
+		// kproxy's sets and re-adds everything: atomic, so no packet sees a gap.
+		if !p.needFull && p.stores[f] != nil {
+			st := p.stores[f]
+			st.resetWants(p.presentSets(f, t))
+			stores[f] = st
+		} else {
+			stores[f] = newStore()
+		}
 	}
+	records := make(map[model.ServicePortName]*portRecord, len(snap.Ports))
 	for name, pv := range snap.Ports {
 		records[name] = &portRecord{pv: pv}
 		for _, f := range p.fams {
@@ -276,19 +295,8 @@ func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, erro
 	tx := &transaction{cfg: &p.cfg}
 	chains, sets := map[family]map[string]bool{}, map[family]map[string]bool{}
 	for _, f := range p.fams {
-		t, err := p.k.Read(ctx, f, false)
-		if err != nil {
-			return 0, fmt.Errorf("read %s table: %w", f, err)
-		}
-		// After a successful sync kproxy knows the elements the kernel has; a
-		// periodic resync diffs against that. Otherwise (start, takeover, after
-		// a failure) it flushes its sets and re-adds everything in the same
-		// transaction: as fast as a cold load, and atomic, so no packet sees a gap.
-		var trusted *store
-		if !p.needFull {
-			trusted = p.stores[f]
-		}
-		ft, ch, se := p.planFull(f, t, stores[f], trusted)
+		trusted := stores[f] == p.stores[f]
+		ft, ch, se := p.planFull(f, tables[f], stores[f], trusted)
 		tx.fams = append(tx.fams, ft)
 		chains[f], sets[f] = ch, se
 	}
@@ -304,8 +312,23 @@ func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, erro
 	return len(records), nil
 }
 
+// presentSets returns the sets of t whose definition kproxy can keep.
+func (p *Proxier) presentSets(f family, t *Table) map[string]bool {
+	out := map[string]bool{}
+	for name, sd := range t.Sets {
+		if spec, ok := specFor(name); ok && setMatches(f, spec, sd) {
+			out[name] = true
+		}
+	}
+	return out
+}
+
+func setMatches(f family, spec setSpec, sd *SetData) bool {
+	return sd.KeyLen == spec.keyLen(f) && (spec.verdict || sd.DataLen == spec.dataLen(f))
+}
+
 // planFull plans a full sync of one family against what the kernel has.
-func (p *Proxier) planFull(f family, t *Table, st *store, trusted *store) (*familyTx, map[string]bool, map[string]bool) {
+func (p *Proxier) planFull(f family, t *Table, st *store, trusted bool) (*familyTx, map[string]bool, map[string]bool) {
 	ft := &familyTx{fam: f}
 	wantChains := map[string]bool{}
 	for _, c := range staticChains(&p.cfg) {
@@ -319,9 +342,6 @@ func (p *Proxier) planFull(f family, t *Table, st *store, trusted *store) (*fami
 		wantChains[c.chain()] = true
 		s := backendsSpec(c.n)
 		wantSets[s.name] = s
-	}
-	if t == nil {
-		t = &Table{Chains: map[string]ChainInfo{}, Sets: map[string]*SetData{}}
 	}
 	// Every chain is rewritten: flushing drops the rules' references to sets,
 	// and the same transaction adds them back, so packets never see a gap.
@@ -340,22 +360,20 @@ func (p *Proxier) planFull(f family, t *Table, st *store, trusted *store) (*fami
 	}
 	existingSets := map[string]bool{}
 	for _, name := range sortedKeys(t.Sets) {
-		sd := t.Sets[name]
 		spec, ok := wantSets[name]
 		if !ok {
 			ft.delSets = append(ft.delSets, name)
 			continue
 		}
-		if sd.KeyLen != spec.keyLen(f) || sd.DataLen != spec.dataLen(f) && !spec.verdict {
+		if !setMatches(f, spec, t.Sets[name]) {
 			ft.delSetsEarly = append(ft.delSetsEarly, name)
 			continue
 		}
 		existingSets[name] = true
-		if trusted == nil && !spec.dynamic {
+		if !trusted && !spec.dynamic {
 			ft.flushSets = append(ft.flushSets, name)
 		}
 	}
-	st.adoptKernel(trusted, existingSets)
 	for _, name := range sortedKeys(wantSets) {
 		if !existingSets[name] {
 			ft.newSets = append(ft.newSets, wantSets[name])

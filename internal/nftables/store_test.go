@@ -51,17 +51,16 @@ func TestStore(t *testing.T) {
 	s.remove("a", el("k3", "x"))
 	step("added and removed in one sync", "[]")
 
-	// A resync that trusts the old store: only differences.
-	n := newStore()
-	n.add("a", el("k2", "v3"))
-	n.add("a", el("k4", "v4"))
-	n.adoptKernel(s, map[string]bool{"a": true})
-	s = n
-	step("resync against the old store", "[+a:k4=v4]")
-	// A takeover (kernel sets flushed): everything is added.
-	n = newStore()
-	n.add("a", el("k2", "v3"))
-	n.adoptKernel(nil, nil)
-	s = n
-	step("takeover", "[+a:k2=v3]")
+	// A resync in place: only differences.
+	s.resetWants(map[string]bool{"a": true})
+	s.add("a", el("k2", "v3"))
+	s.add("a", el("k4", "v4"))
+	step("resync in place", "[+a:k4=v4]")
+	s.resetWants(map[string]bool{"a": true})
+	s.add("a", el("k4", "v5"))
+	step("resync in place with changes", "[+a:k4=v5 -a:k2=v3 -a:k4=v4]")
+	// The set is gone from the kernel: everything is added again.
+	s.resetWants(nil)
+	s.add("a", el("k4", "v5"))
+	step("set gone", "[+a:k4=v5]")
 }

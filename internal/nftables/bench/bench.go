@@ -53,7 +53,10 @@ type ScaleResult struct {
 	ResyncSec float64   // full resync of an unchanged model (reads the kernel back)
 	ChangeMs  []float64 // one service's endpoints changed: model change → kernel
 	RSSMiB    float64   // peak RSS of the process (model + data plane)
-	HeapMiB   float64   // live heap after the syncs
+	// ModelRSSMiB and ColdRSSMiB are the peak RSS after building the model and
+	// after the cold sync.
+	ModelRSSMiB, ColdRSSMiB float64
+	HeapMiB                 float64 // live heap after the syncs
 }
 
 // Run is the command's entry point; it returns the exit code.
@@ -192,11 +195,13 @@ func childScale(n int, memprofile string) int {
 	t0 := time.Now()
 	snap := tr.Snapshot()
 	res.ModelSec = time.Since(t0).Seconds()
+	res.ModelRSSMiB = procStatusMiB("VmHWM")
 	t0 = time.Now()
 	if err := p.Sync(ctx, snap, true); err != nil {
 		rt.Fatal(err)
 	}
 	res.ColdSec = time.Since(t0).Seconds()
+	res.ColdRSSMiB = procStatusMiB("VmHWM")
 	for k := 0; k < 25; k++ {
 		i := (k*7919 + 13) % n
 		if n < 50 {
