@@ -147,6 +147,12 @@ func newSource(cfg Config, h model.Handler, m *metrics.Metrics) (*Source, error)
 // Allocator gives access to the allocations (for metrics and debugging).
 func (s *Source) Allocator() *allocator.Allocator { return s.alloc }
 
+func (s *Source) loadCount() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.loads
+}
+
 // Problems returns the errors and warnings of the last load, in file order.
 func (s *Source) Problems() []Problem {
 	s.mu.Lock()
