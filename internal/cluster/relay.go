@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -168,6 +169,11 @@ func (r *Relay) Close() error {
 // DialIn opens a TCP connection from inside the namespace at nsPath: the
 // socket is created there and keeps belonging to it.
 func DialIn(ctx context.Context, nsPath, addr string) (net.Conn, error) {
+	return DialInFrom(ctx, nsPath, netip.AddrPort{}, addr)
+}
+
+// DialInFrom is DialIn from a given local address and port (zero: any).
+func DialInFrom(ctx context.Context, nsPath string, local netip.AddrPort, addr string) (net.Conn, error) {
 	type result struct {
 		c   net.Conn
 		err error
@@ -185,7 +191,11 @@ func DialIn(ctx context.Context, nsPath, addr string) (net.Conn, error) {
 			ch <- result{err: fmt.Errorf("enter netns %s: %w", nsPath, err)}
 			return
 		}
-		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		d := &net.Dialer{}
+		if local.IsValid() {
+			d.LocalAddr = net.TCPAddrFromAddrPort(local)
+		}
+		c, err := d.DialContext(ctx, "tcp", addr)
 		ch <- result{c, err}
 	}()
 	r := <-ch

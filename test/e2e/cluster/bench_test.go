@@ -8,15 +8,19 @@ package cluster_test
 // KPROXY_BENCH_SERVICES (default 1000) services × KPROXY_BENCH_ENDPOINTS (default
 // 10) endpoints are written through the API; KPROXY_BENCH_PROXIES (default
 // "kube-proxy,kproxy") chooses which proxies run, one after the other, each in
-// a fresh network namespace. Measured per proxy:
-//   - start → first sync done: from exec to the end of the first sync
-//     (kubeproxy_sync_proxy_rules_last_timestamp_seconds), which programs every
-//     service because neither proxy syncs before its caches are complete;
-//   - one endpoint change → in the kernel: the proxy's own
-//     kubeproxy_network_programming_duration_seconds for the change (from the
-//     slice's last-change-trigger-time to the end of the sync), median of 5, and
-//     the wall time from the API write to the sync timestamp moving, as polled;
+// a fresh network namespace. Measured per proxy, from the kernel's side:
+//   - start → programmed: from exec until a TCP SYN sent inside the namespace to
+//     the first, middle and last service's cluster IP is DNATed to one of its
+//     endpoints (read back from conntrack); polled every 100 ms. The proxy's own
+//     first-sync timestamp is logged next to it;
+//   - one change → in the kernel: one service's EndpointSlice gets 10 new
+//     endpoint addresses through the API; the wall time from the write until a
+//     probe is DNATed to a new address (median of 5, changes 1.5 s apart so the
+//     sync rate limiters do not count), and the proxy's own
+//     kubeproxy_network_programming_duration_seconds for it;
 //   - memory: peak RSS of the proxy, and with its children (kube-proxy's nft).
+//
+// KPROXY_BENCH_LOGS=1 prints the end of each proxy's log.
 //
 // IP plan: endpoints 10.128.0.0/9 (Population.EndpointIP), changed endpoints
 // 10.250.0.0/16; services from 10.96.0.0/16; the proxy's node "node-a" 192.168.10.1.
@@ -114,26 +118,57 @@ func runProxyBench(ctx context.Context, b *testing.B, c *cluster.Cluster, pop cl
 	default:
 		b.Fatalf("unknown proxy %q", name)
 	}
-	p := startProxy(b, c, name, "", bin, args)
+	// The services probed to decide "fully programmed": first, middle, last.
+	var probes []netip.AddrPort
+	for _, i := range []int{0, pop.Services / 2, pop.Services - 1} {
+		probes = append(probes, serviceVIP(ctx, b, c, pop, i))
+	}
+	ns, _ := newNetns(b, "kpbench-"+name)
+	enableProbes(b, ns)
+	p := startProxy(b, c, name, ns, bin, args)
 	r := benchResult{proxy: name}
-	r.firstSync = p.waitFirstSync(ctx, b)
-	b.ReportMetric(r.firstSync.Seconds(), name+"-s-to-synced")
+	// Fully programmed: the kernel translates connections to every probed
+	// service into one of its endpoints. Polled every 100 ms.
+	for {
+		ok := true
+		for _, vip := range probes {
+			ep, err := p.probe(ctx, vip)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if !ep.IsValid() {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			r.firstSync = time.Since(p.started)
+			break
+		}
+		if !p.proc.Running() {
+			b.Fatalf("%s exited: %v\n%s", name, p.proc.Wait(), p.proc.LogTail())
+		}
+		if ctx.Err() != nil {
+			b.Fatalf("%s: not programmed: %v", name, ctx.Err())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	metricSync := p.waitFirstSync(ctx, b)
+	b.ReportMetric(r.firstSync.Seconds(), name+"-s-to-programmed")
+	b.Logf("%s: programmed (kernel probes) %v after start; its sync metric says %v", name, r.firstSync, metricSync)
 
-	// One endpoint changed at a time, on services spread over the range.
+	// One service's endpoints replaced at a time, services spread over the range.
 	var metricLat, wallLat []time.Duration
 	for k := range 5 {
 		i := (k*pop.Services/5 + *change) % pop.Services
 		*change++
+		gen := *change
+		vip := serviceVIP(ctx, b, c, pop, i)
 		before, err := p.scrape(ctx)
 		if err != nil {
 			b.Fatal(err)
 		}
-		slice := pop.Slice(i, func(i, j int) netip.Addr {
-			if j == 0 {
-				return netip.AddrFrom4([4]byte{10, 250, byte(*change >> 8), byte(*change)})
-			}
-			return pop.EndpointIP(i, j)
-		})
+		slice := pop.Slice(i, func(i, j int) netip.Addr { return netip.AddrFrom4([4]byte{10, 250, byte(gen), byte(j + 1)}) })
 		cur, err := c.Client.DiscoveryV1().EndpointSlices(pop.Namespace).Get(ctx, slice.Name, metav1.GetOptions{})
 		if err != nil {
 			b.Fatal(err)
@@ -145,32 +180,55 @@ func runProxyBench(ctx context.Context, b *testing.B, c *cluster.Cluster, pop cl
 		}
 		const count, sum = "kubeproxy_network_programming_duration_seconds_count", "kubeproxy_network_programming_duration_seconds_sum"
 		deadline := time.Now().Add(2 * time.Minute)
+		var wall time.Duration
 		for {
-			m, err := p.scrape(ctx)
-			if err == nil && m[count] > before[count] && time.Unix(0, int64(m[lastSyncMetric]*1e9)).After(t0) {
-				wall := time.Unix(0, int64(m[lastSyncMetric]*1e9)).Sub(t0)
-				lat := time.Duration((m[sum] - before[sum]) / (m[count] - before[count]) * 1e9)
-				metricLat, wallLat = append(metricLat, lat), append(wallLat, wall)
-				break
+			if wall == 0 {
+				ep, err := p.probe(ctx, vip)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if ep.As4()[1] == 250 && ep.As4()[2] == byte(gen) {
+					wall = time.Since(t0)
+				}
+			}
+			if wall > 0 {
+				m, err := p.scrape(ctx)
+				if err == nil && m[count] > before[count] {
+					lat := time.Duration((m[sum] - before[sum]) / (m[count] - before[count]) * 1e9)
+					metricLat, wallLat = append(metricLat, lat), append(wallLat, wall)
+					break
+				}
 			}
 			if time.Now().After(deadline) {
-				b.Fatalf("%s: change %d not programmed within 2 minutes", name, k)
+				b.Fatalf("%s: change %d not programmed within 2 minutes (kernel: %v)", name, k, wall)
 			}
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(10 * time.Millisecond)
 		}
 		// Both proxies rate-limit syncs (kube-proxy's nftables minSyncPeriod is
 		// 1 s): space the changes so that each measures one change, not the limiter.
 		time.Sleep(1500 * time.Millisecond)
 	}
 	r.changeMetric, r.changeWall = median(metricLat), median(wallLat)
-	b.ReportMetric(r.changeMetric.Seconds(), name+"-s-per-change")
+	b.ReportMetric(r.changeWall.Seconds(), name+"-s-per-change")
 	main, all, hwm := p.peaks()
 	r.peakRSS, r.peakWithChild = max(main, hwm), max(all, hwm)
 	b.ReportMetric(float64(r.peakRSS)/1e6, name+"-MB-peak-RSS")
 	b.Logf("%s: start→synced %v, change %v (wall %v), peak RSS %.1f MB (with children %.1f MB); all changes %v",
 		name, r.firstSync, r.changeMetric, r.changeWall, float64(r.peakRSS)/1e6, float64(r.peakWithChild)/1e6, metricLat)
+	if os.Getenv("KPROXY_BENCH_LOGS") != "" {
+		b.Logf("==== %s log tail:\n%s", name, p.proc.LogTail())
+	}
 	p.stop(b)
 	return r
+}
+
+// serviceVIP returns service i's cluster IP and port.
+func serviceVIP(ctx context.Context, b *testing.B, c *cluster.Cluster, pop cluster.Population, i int) netip.AddrPort {
+	svc, err := c.Client.CoreV1().Services(pop.Namespace).Get(ctx, pop.ServiceName(i), metav1.GetOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), uint16(svc.Spec.Ports[0].Port))
 }
 
 func median(ds []time.Duration) time.Duration {

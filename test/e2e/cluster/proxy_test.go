@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -258,4 +259,64 @@ func addrs(ss ...string) []netip.Addr {
 		out[i] = netip.MustParseAddr(s)
 	}
 	return out
+}
+
+// enableProbes gives the proxy's namespace a route for every destination (a
+// veth pair inside it, default route via the peer) so that a connect to a
+// service IP leaves the socket layer and goes through the NAT hooks.
+func enableProbes(t testing.TB, ns string) {
+	t.Helper()
+	for _, args := range [][]string{
+		{"link", "add", "probe0", "type", "veth", "peer", "name", "probe1"},
+		{"addr", "add", "192.168.99.1/24", "dev", "probe0"},
+		{"link", "set", "probe0", "up"},
+		{"link", "set", "probe1", "up"},
+		{"route", "add", "default", "via", "192.168.99.2"},
+	} {
+		if out, err := exec.Command("ip", append([]string{"-n", ns}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v in %s: %v: %s", args, ns, err, out)
+		}
+	}
+}
+
+var probePort atomic.Int32
+
+// probe sends one TCP SYN from inside the namespace to dst and returns the
+// address the kernel translated it to (from the conntrack entry), or an
+// invalid address when it was not translated. It reads the kernel's state,
+// whatever the proxy's metrics claim.
+func (p *proxyRun) probe(ctx context.Context, dst netip.AddrPort) (netip.Addr, error) {
+	port := 20000 + int(probePort.Add(1))%20000
+	dctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	conn, err := cluster.DialInFrom(dctx, p.nsPath, netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(port)), dst.String())
+	if err == nil {
+		conn.Close()
+	}
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", p.ns, "conntrack", "-L", "-p", "tcp",
+		"--orig-dst", dst.Addr().String(), "--orig-port-src", strconv.Itoa(port)).Output()
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("conntrack: %w", err)
+	}
+	// "tcp 6 119 SYN_SENT src=A dst=VIP sport=P dport=80 [UNREPLIED] src=EP dst=A ..."
+	for _, line := range strings.Split(string(out), "\n") {
+		fields := strings.Fields(line)
+		var srcs []string
+		for _, f := range fields {
+			if v, ok := strings.CutPrefix(f, "src="); ok {
+				srcs = append(srcs, v)
+			}
+		}
+		if len(srcs) == 2 {
+			ep, err := netip.ParseAddr(srcs[1])
+			if err != nil {
+				return netip.Addr{}, fmt.Errorf("conntrack line %q: %w", line, err)
+			}
+			if ep == dst.Addr() {
+				return netip.Addr{}, nil
+			}
+			return ep, nil
+		}
+	}
+	return netip.Addr{}, nil
 }
