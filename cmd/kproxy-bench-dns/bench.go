@@ -395,8 +395,8 @@ func runGo(addr string, qs [][2]string, o options) (result, error) {
 			defer conn.Close()
 			buf := make([]byte, 65535)
 			id := uint16(w * 1000)
-			// With a rate, each worker sends on its own schedule and latency counts
-			// from the scheduled time, so a slow server cannot hide its queueing.
+			// With a rate, each worker sends on its own schedule; latency counts
+			// from the send, as dnsperf's does.
 			var interval time.Duration
 			next := time.Now()
 			if o.rate > 0 {
@@ -407,14 +407,18 @@ func runGo(addr string, qs [][2]string, o options) (result, error) {
 				msg := msgs[i%len(msgs)]
 				id++
 				msg = append([]byte{byte(id >> 8), byte(id)}, msg[2:]...)
-				t0 := time.Now()
 				if interval > 0 {
 					if d := time.Until(next); d > 0 {
 						time.Sleep(d)
 					}
-					t0 = next
+					// A worker that fell behind (a late timer on a busy machine)
+					// does not try to catch up in a burst.
+					if late := time.Now().Add(-interval); next.Before(late) {
+						next = late
+					}
 					next = next.Add(interval)
 				}
+				t0 := time.Now()
 				if _, err := conn.Write(msg); err != nil {
 					continue
 				}

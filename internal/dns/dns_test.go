@@ -130,6 +130,7 @@ func fixture(db0 string) *model.Snapshot {
 	add(makeService("default", "ext", externalName("www.example.com")))
 	add(makeService("default", "extip", externalName("192.0.2.1")))
 	add(makeService("default", "alias", externalName("web.default.svc.cluster.local")))
+	add(makeService("default", "alias2", externalName("ext.default.svc.cluster.local")))
 	return snap
 }
 
@@ -313,6 +314,8 @@ func TestRecords(t *testing.T) {
 			want: []string{"CNAME 192.0.2.1."}},
 		{name: "ExternalName into the zone is followed", qname: "alias.default.svc.cluster.local.", qtype: "A", status: "NOERROR",
 			want: []string{"A 10.96.0.10", "CNAME web.default.svc.cluster.local."}},
+		{name: "ExternalName chain leaving the zone", qname: "alias2.default.svc.cluster.local.", qtype: "A", status: "NOERROR",
+			want: []string{"CNAME ext.default.svc.cluster.local.", "CNAME www.example.com."}},
 		{name: "schema version", qname: "dns-version.cluster.local.", qtype: "TXT", status: "NOERROR",
 			want: []string{`TXT "1.1.0"`}},
 		{name: "apex SOA", qname: "cluster.local.", qtype: "SOA", status: "NOERROR", ignoreAnswer: true, check: func(t *testing.T, r *digResult) {
@@ -485,6 +488,11 @@ func TestForwarding(t *testing.T) {
 			if r.status != "NOERROR" || !slices.Equal(r.answerValues(), want) {
 				t.Errorf("ExternalName chased: status %s answer %v, want %v\n%s", r.status, r.answerValues(), want, r.raw)
 			}
+			r = dig(t, s, append([]string{"alias2.default.svc.cluster.local.", "A"}, extra...)...)
+			want = []string{"A 192.0.2.53", "CNAME ext.default.svc.cluster.local.", "CNAME www.example.com."}
+			if r.status != "NOERROR" || !slices.Equal(r.answerValues(), want) {
+				t.Errorf("CNAME chain chased: status %s answer %v, want %v\n%s", r.status, r.answerValues(), want, r.raw)
+			}
 			// In-zone names are still answered by kproxy itself.
 			r = dig(t, s, append([]string{"web.default.svc.cluster.local.", "A"}, extra...)...)
 			if !slices.Equal(r.answerValues(), []string{"A 10.96.0.10"}) || !r.hasFlag("aa") {
@@ -538,5 +546,35 @@ func TestFollowsModel(t *testing.T) {
 	s.Update(snap)
 	if r = dig(t, s, "web.default.svc.cluster.local.", "A"); r.status != "NXDOMAIN" {
 		t.Errorf("deleted service: %s", r.status)
+	}
+}
+
+// TestTCPPipelining: several queries written back to back on one TCP connection
+// are all answered, in order.
+func TestTCPPipelining(t *testing.T) {
+	s := startServer(t, "")
+	c, err := mdns.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	names := []string{"web.default.svc.cluster.local.", "db.default.svc.cluster.local.", "nope.default.svc.cluster.local."}
+	for i, n := range names {
+		m := new(mdns.Msg)
+		m.SetQuestion(n, mdns.TypeA)
+		m.Id = uint16(100 + i)
+		if err := c.WriteMsg(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for i, n := range names {
+		r, err := c.ReadMsg()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Id != uint16(100+i) || r.Question[0].Name != n {
+			t.Errorf("answer %d: id %d for %s", i, r.Id, r.Question[0].Name)
+		}
 	}
 }
