@@ -140,6 +140,9 @@ func lastAddr(p netip.Prefix) netip.Addr {
 type store struct {
 	sets  map[string]map[string]*slot
 	dirty []dirtyKey
+	// chainRefs counts the wanted frontends per DNAT class chain, so that a
+	// sync knows the classes in use without walking the frontends.
+	chainRefs map[string]int
 }
 
 type slot struct {
@@ -152,7 +155,18 @@ type slot struct {
 
 type dirtyKey struct{ set, id string }
 
-func newStore() *store { return &store{sets: map[string]map[string]*slot{}} }
+func newStore() *store {
+	return &store{sets: map[string]map[string]*slot{}, chainRefs: map[string]int{}}
+}
+
+func (s *store) countChain(set string, e Element, delta int) {
+	if set != mapFrontends {
+		return
+	}
+	if s.chainRefs[e.Verdict] += delta; s.chainRefs[e.Verdict] == 0 {
+		delete(s.chainRefs, e.Verdict)
+	}
+}
 
 func (s *store) slot(set, id string, create bool) *slot {
 	m := s.sets[set]
@@ -198,7 +212,11 @@ func (sl *slot) setWanted(e Element) {
 func (s *store) add(set string, e Element) {
 	id := e.id()
 	sl := s.slot(set, id, true)
+	if sl.refs > 0 {
+		s.countChain(set, sl.el, -1)
+	}
 	sl.refs++
+	defer s.countChain(set, e, 1)
 	// A new element, one the kernel has but nobody wanted any more, or the
 	// same key with a new value (the last writer wins: two services claiming
 	// one external IP and port is a conflict kube-proxy resolves the same way).
@@ -215,6 +233,7 @@ func (s *store) remove(set string, e Element) {
 		return
 	}
 	if sl.refs--; sl.refs == 0 {
+		s.countChain(set, sl.el, -1)
 		s.touch(set, id, sl)
 	}
 }
@@ -236,6 +255,7 @@ func (s *store) apply(c contribution, add bool) {
 // no longer has (present false) lose their kernel state. Rebuilding in place,
 // rather than next to the old store, keeps one copy of the elements in memory.
 func (s *store) resetWants(present map[string]bool) {
+	clear(s.chainRefs)
 	for set, m := range s.sets {
 		for id, sl := range m {
 			sl.refs = 0
@@ -286,11 +306,8 @@ func (s *store) commit() {
 // classes returns the DNAT classes the wanted frontends map refers to.
 func (s *store) classes() map[class]struct{} {
 	out := map[class]struct{}{}
-	for _, sl := range s.sets[mapFrontends] {
-		if sl.refs == 0 {
-			continue
-		}
-		if c, ok := parseClassChain(sl.el.Verdict); ok {
+	for chain := range s.chainRefs {
+		if c, ok := parseClassChain(chain); ok {
 			out[c] = struct{}{}
 		}
 	}

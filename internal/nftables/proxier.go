@@ -34,6 +34,7 @@ type Proxier struct {
 	ports    map[model.ServicePortName]*portRecord
 	chains   map[family]map[string]bool // chains the kernel has, after the last success
 	sets     map[family]map[string]bool
+	noLocal  map[family][2]int
 	needFull bool
 }
 
@@ -234,7 +235,7 @@ func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, full bool) err
 		for _, t := range snap.TriggerTimes {
 			p.m.NetworkProgrammingLatency.Observe(now.Sub(t).Seconds())
 		}
-		p.recordNoLocal(snap)
+		p.recordNoLocal()
 	}
 	lvl := slog.LevelDebug
 	if full {
@@ -244,19 +245,34 @@ func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, full bool) err
 	return nil
 }
 
-func (p *Proxier) recordNoLocal(snap *model.Snapshot) {
+// noLocal counts, per family, the ports with a Local policy and no local
+// endpoint: [0] internal, [1] external.
+func noLocal(pv *model.PortView, f family) (n [2]int) {
+	local := len(model.ByFamily(pv.Local, f.v1)) == 0
+	if pv.InternalPolicyLocal && local {
+		n[0] = 1
+	}
+	if pv.ExternalPolicyLocal && local {
+		n[1] = 1
+	}
+	return n
+}
+
+func (p *Proxier) countNoLocal(pv *model.PortView, sign int) {
 	for _, f := range p.fams {
-		var itp, etp int
-		for _, pv := range snap.Ports {
-			if pv.InternalPolicyLocal && len(model.ByFamily(pv.Local, f.v1)) == 0 {
-				itp++
-			}
-			if pv.ExternalPolicyLocal && len(model.ByFamily(pv.Local, f.v1)) == 0 {
-				etp++
-			}
-		}
-		p.m.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues("internal", string(f.v1)).Set(float64(itp))
-		p.m.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues("external", string(f.v1)).Set(float64(etp))
+		n := noLocal(pv, f)
+		c := p.noLocal[f]
+		c[0] += sign * n[0]
+		c[1] += sign * n[1]
+		p.noLocal[f] = c
+	}
+}
+
+func (p *Proxier) recordNoLocal() {
+	for _, f := range p.fams {
+		c := p.noLocal[f]
+		p.m.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues("internal", string(f.v1)).Set(float64(c[0]))
+		p.m.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues("external", string(f.v1)).Set(float64(c[1]))
 	}
 }
 
@@ -308,6 +324,10 @@ func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, erro
 	}
 	old := p.ports
 	p.stores, p.ports, p.chains, p.sets = stores, records, chains, sets
+	p.noLocal = map[family][2]int{}
+	for _, rec := range records {
+		p.countNoLocal(rec.pv, 1)
+	}
 	p.cleanupConntrack(old, records, nil)
 	return len(records), nil
 }
@@ -474,6 +494,12 @@ func (p *Proxier) syncPartial(ctx context.Context, snap *model.Snapshot) (int, e
 	old := map[model.ServicePortName]*portRecord{}
 	for name, rec := range records {
 		old[name] = p.ports[name]
+		if o := p.ports[name]; o != nil {
+			p.countNoLocal(o.pv, -1)
+		}
+		if rec != nil {
+			p.countNoLocal(rec.pv, 1)
+		}
 		if rec == nil {
 			delete(p.ports, name)
 		} else {

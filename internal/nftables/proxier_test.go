@@ -9,9 +9,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/kproxy/kproxy/internal/conntrack"
+	"github.com/kproxy/kproxy/internal/metrics"
 )
 
 // Unit tests on the fake kernel: the Proxier writes sets, the Tracer runs
@@ -327,4 +330,43 @@ func TestDumpDecodesElements(t *testing.T) {
 			t.Errorf("dump lacks %q:\n%s", want, s)
 		}
 	}
+}
+
+func TestMetrics(t *testing.T) {
+	m := metrics.New(nil)
+	cfg := Config{ClusterCIDRs: clusterCIDRs, Logger: slog.New(slog.DiscardHandler)}
+	p, k, err := NewFake(cfg, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWorld(t)
+	w.service(makeService("local", combine(clusterIP("10.96.0.10"), nodePort(30080, true))),
+		makeSlice("local", 8080, v1.ProtocolTCP, ep{ip: "10.244.1.2", node: "node-b"}))
+	if err := p.Sync(context.Background(), w.snap(), true); err != nil {
+		t.Fatal(err)
+	}
+	if got := value(m.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues("external", "IPv4")); got != 1 {
+		t.Errorf("no-local-endpoints external IPv4 = %v, want 1", got)
+	}
+	k.FailNext(errors.New("injected"))
+	if err := p.Sync(context.Background(), w.snap(), false); err == nil {
+		t.Fatal("sync did not fail")
+	}
+	if got := value(m.SyncFailuresTotal); got != 1 {
+		t.Errorf("sync failures = %v, want 1", got)
+	}
+	if got := value(m.IPTablesRestoreFailuresTotal); got != 1 {
+		t.Errorf("transaction failures = %v, want 1", got)
+	}
+}
+
+func value(c prometheus.Metric) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return -1
+	}
+	if m.Counter != nil {
+		return m.Counter.GetValue()
+	}
+	return m.Gauge.GetValue()
 }
