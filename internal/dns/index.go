@@ -803,16 +803,3 @@ func (b *builder) chase(idx *index, n *node) *node {
 	}
 	return out
 }
-
-// wireToDotted renders a wire name for logs and the forwarding path.
-func wireToDotted(w []byte) string {
-	var sb strings.Builder
-	for off := 0; off < len(w) && w[off] != 0; off += int(w[off]) + 1 {
-		sb.Write(w[off+1 : off+1+int(w[off])])
-		sb.WriteByte('.')
-	}
-	if sb.Len() == 0 {
-		return "."
-	}
-	return sb.String()
-}

@@ -12,7 +12,6 @@ import (
 // costs no allocation.
 const (
 	typeA     = 1
-	typeNS    = 2
 	typeCNAME = 5
 	typeSOA   = 6
 	typePTR   = 12
