@@ -113,12 +113,12 @@ func (n *node) finish() {
 	if n.cname != nil {
 		return
 	}
-	var any rrset
+	var all rrset
 	for _, s := range []int{slotA, slotAAAA, slotSRV, slotPTR, slotTXT, slotSOA} {
-		any.addSet(n.sets[s])
+		all.addSet(n.sets[s])
 	}
-	if len(any.ends) > 0 {
-		n.sets[slotANY] = &any
+	if len(all.ends) > 0 {
+		n.sets[slotANY] = &all
 	}
 }
 
