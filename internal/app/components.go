@@ -125,9 +125,7 @@ func startComponents(ctx context.Context, log *slog.Logger, cfg config.Config, m
 		NodePortAddresses:  cfg.NodePortAddresses,
 		LocalhostNodePorts: cfg.LocalhostNodePorts,
 	}
-	if ks, ok := s.plane.(trace.KernelState); ok {
-		opts.Kernel = ks
-	}
+	opts = trace.ForDataplane(s.plane, opts)
 	if hostAddrs, err := localAddrsIn(nil); err == nil {
 		opts.NodeAddresses = hostAddrs
 	}

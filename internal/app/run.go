@@ -190,6 +190,9 @@ func runProxy(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	m := metrics.New(reg)
 
 	tracker := model.NewTracker(cfg.HostnameOverride, nil)
+	if cfg.Standalone() {
+		tracker.AssumeUnassignedLocal()
+	}
 	families := familiesOf(cfg)
 
 	plane, err := newDataplane(ctx, log, cfg, mode, m)

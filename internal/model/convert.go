@@ -124,7 +124,7 @@ func ServiceNameOf(slice *discovery.EndpointSlice) (types.NamespacedName, bool) 
 
 // endpointsFor collects the endpoints of one service port from the service's slices:
 // the slice ports that match the port's name and protocol, deduplicated by address.
-func endpointsFor(sp *ServicePort, slices_ []*discovery.EndpointSlice, nodeName string) []*Endpoint {
+func endpointsFor(sp *ServicePort, slices_ []*discovery.EndpointSlice, nodeName string, unassignedLocal bool) []*Endpoint {
 	seen := map[netip.AddrPort]bool{}
 	var out []*Endpoint
 	for _, slice := range slices_ {
@@ -182,7 +182,7 @@ func endpointsFor(sp *ServicePort, slices_ []*discovery.EndpointSlice, nodeName 
 						ep.NodeHints = append(ep.NodeHints, n.Name)
 					}
 				}
-				ep.Local = nodeName != "" && ep.NodeName == nodeName
+				ep.Local = (nodeName != "" && ep.NodeName == nodeName) || (unassignedLocal && ep.NodeName == "")
 				out = append(out, ep)
 			}
 		}

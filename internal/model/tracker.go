@@ -47,6 +47,9 @@ type Tracker struct {
 	mu       sync.Mutex
 	nodeName string
 	notify   func()
+	// unassignedLocal makes endpoints without a node name local (standalone mode:
+	// the manifests describe one node, this one).
+	unassignedLocal bool
 
 	services map[types.NamespacedName]*v1.Service
 	slices   map[types.NamespacedName]map[string]*discovery.EndpointSlice
@@ -88,6 +91,11 @@ func NewTracker(nodeName string, notify func()) *Tracker {
 
 // SetNotify sets the change callback; call it before sources start.
 func (t *Tracker) SetNotify(notify func()) { t.notify = notify }
+
+// AssumeUnassignedLocal makes endpoints that name no node count as this node's,
+// as in standalone mode, where the manifests describe a single node. Call it
+// before sources start.
+func (t *Tracker) AssumeUnassignedLocal() { t.unassignedLocal = true }
 
 // NodeName is the name of the node this tracker computes the view for.
 func (t *Tracker) NodeName() string { return t.nodeName }
@@ -341,7 +349,7 @@ func (t *Tracker) recompute(name types.NamespacedName, changed map[ServicePortNa
 	}
 	names := make([]ServicePortName, 0, len(fresh))
 	for _, sp := range fresh {
-		pv := &PortView{ServicePort: sp, Endpoints: endpointsFor(sp, sl, t.nodeName)}
+		pv := &PortView{ServicePort: sp, Endpoints: endpointsFor(sp, sl, t.nodeName, t.unassignedLocal)}
 		categorize(pv, &t.node)
 		names = append(names, sp.Name)
 		if prev, ok := t.ports[sp.Name]; ok && prev.equal(pv) {

@@ -354,3 +354,20 @@ func TestNodeChangeRecomputesLocality(t *testing.T) {
 		t.Fatal("another node's object changed this node")
 	}
 }
+
+func TestUnassignedEndpointsAreLocalInStandalone(t *testing.T) {
+	for _, standalone := range []bool{false, true} {
+		tr := newSyncedTracker(t)
+		if standalone {
+			tr.AssumeUnassignedLocal()
+		}
+		tr.OnServiceAdd(makeService("ns", "web", func(s *v1.Service) {
+			s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+		}))
+		tr.OnEndpointSliceAdd(makeSlice("ns", "web", "web-1", discovery.AddressTypeIPv4, 8080, ready("10.244.1.1", "")))
+		pv := tr.Snapshot().Ports[webHTTP]
+		if got := len(pv.Local); got != map[bool]int{false: 0, true: 1}[standalone] {
+			t.Errorf("standalone=%v: local endpoints = %v", standalone, ips(pv.Local))
+		}
+	}
+}
