@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"syscall"
@@ -80,6 +81,9 @@ func runProxy(args []string) int {
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if n, err := strconv.Atoi(os.Getenv("KPROXY_BENCH_ACCEPT_LOOPS")); err == nil && n > 0 {
 		cfg.AcceptLoops = n
+	}
+	if n, err := strconv.Atoi(os.Getenv("KPROXY_BENCH_PROXY_PROCS")); err == nil && n > 0 {
+		runtime.GOMAXPROCS(n)
 	}
 	p, err := userspace.New(cfg, nil)
 	if err != nil {
