@@ -326,18 +326,29 @@ func (s *store) sync(nodeName string) (*change, error) {
 	}
 
 	// Keys to look at: every candidate and everything in force.
+	// Only services need an order (allocation is first come, first served, and
+	// "first" must be reproducible); sorting 100,000 pods would be wasted time.
 	keys := make([]objKey, 0, len(candidates)+len(s.inForce))
-	for k := range candidates {
-		keys = append(keys, k)
-	}
-	for k := range s.inForce {
-		if _, ok := candidates[k]; !ok {
+	var svcKeys []objKey
+	add := func(k objKey) {
+		if k.Kind == KindService {
+			svcKeys = append(svcKeys, k)
+		} else {
 			keys = append(keys, k)
 		}
 	}
-	slices.SortFunc(keys, func(a, b objKey) int {
-		return cmp.Or(cmp.Compare(kindOrder(a.Kind), kindOrder(b.Kind)), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	for k := range candidates {
+		add(k)
+	}
+	for k := range s.inForce {
+		if _, ok := candidates[k]; !ok {
+			add(k)
+		}
+	}
+	slices.SortFunc(svcKeys, func(a, b objKey) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
+	keys = append(keys, svcKeys...)
 
 	if !s.initialled {
 		// Services deleted while kproxy was down free their values; those of a file
@@ -416,20 +427,6 @@ func (s *store) sync(nodeName string) (*change, error) {
 	sortProblems(problems)
 	s.problems = problems
 	return ch, nil
-}
-
-func kindOrder(k string) int {
-	switch k {
-	case KindNamespace:
-		return 0
-	case KindNode:
-		return 1
-	case KindService:
-		return 2
-	case KindPod:
-		return 3
-	}
-	return 4
 }
 
 func retainedProblem(o *object) Problem {
@@ -614,18 +611,38 @@ func (s *store) recomputeSlices(ch *change, dirtyNS map[string]bool, dirtySvc ma
 		}
 	}
 	zoneOf := func(node string) string { return s.nodeZones[node] }
+	names := make([]types.NamespacedName, 0, len(todo))
 	for name := range todo {
-		var fresh []*discovery.EndpointSlice
-		if e := s.inForce[objKey{Kind: KindService, Namespace: name.Namespace, Name: name.Name}]; e != nil {
-			svc := e.out.(*v1.Service)
-			if len(svc.Spec.Selector) > 0 && svc.Spec.Type != v1.ServiceTypeExternalName {
-				var pods []*podInfo
-				if ix := s.pods[name.Namespace]; ix != nil {
-					pods = ix.match(svc.Spec.Selector)
+		names = append(names, name)
+	}
+	// Computing slices only reads the indexes: spread it over the CPUs.
+	freshOf := make([][]*discovery.EndpointSlice, len(names))
+	var wg sync.WaitGroup
+	workers := runtime.GOMAXPROCS(0)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(names); i += workers {
+				name := names[i]
+				e := s.inForce[objKey{Kind: KindService, Namespace: name.Namespace, Name: name.Name}]
+				if e == nil {
+					continue
 				}
-				fresh = selectorSlices(svc, pods, zoneOf)
+				svc := e.out.(*v1.Service)
+				if len(svc.Spec.Selector) > 0 && svc.Spec.Type != v1.ServiceTypeExternalName {
+					var pods []*podInfo
+					if ix := s.pods[name.Namespace]; ix != nil {
+						pods = ix.match(svc.Spec.Selector)
+					}
+					freshOf[i] = selectorSlices(svc, pods, zoneOf)
+				}
 			}
-		}
+		}()
+	}
+	wg.Wait()
+	for i, name := range names {
+		fresh := freshOf[i]
 		old := s.selSlices[name]
 		byName := map[string]*discovery.EndpointSlice{}
 		for _, sl := range old {
