@@ -361,7 +361,7 @@ func (s *Source) report(d time.Duration, ch *change) {
 		s.log.Info("manifests loaded", "dir", s.cfg.Dir, "services", len(s.services), "endpointSlices", len(s.slices),
 			"changedServices", len(ch.services), "changedSlices", len(ch.slices), "errors", errs, "took", d.Round(time.Millisecond))
 	}
-	result := "success"
+	result := "ok"
 	if errs > 0 {
 		result = "error"
 	}
