@@ -302,6 +302,11 @@ func (s *Source) emit(ch *change) {
 		case old == nil:
 			s.h.OnEndpointSliceAdd(c[1])
 			s.slices[name] = c[1]
+		case old.Labels[discovery.LabelServiceName] != c[1].Labels[discovery.LabelServiceName]:
+			// The slice moved to another service: handlers key slices by service.
+			s.h.OnEndpointSliceDelete(old)
+			s.h.OnEndpointSliceAdd(c[1])
+			s.slices[name] = c[1]
 		default:
 			s.h.OnEndpointSliceUpdate(old, c[1])
 			s.slices[name] = c[1]
