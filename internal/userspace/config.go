@@ -43,7 +43,8 @@ type Config struct {
 	BindRetryInterval time.Duration
 	// AcceptLoops is the number of goroutines accepting on each TCP listener.
 	AcceptLoops int
-	// Logger receives the data plane's logs; nil means slog.Default().
+	// Logger receives the data plane's logs; nil means slog.Default() with a
+	// dataplane=userspace attribute.
 	Logger *slog.Logger
 }
 

@@ -73,13 +73,13 @@ func New(cfg Config, m *metrics.Metrics) (*Proxier, error) {
 func newProxier(cfg Config, m *metrics.Metrics, addrs addrManager) *Proxier {
 	log := cfg.Logger
 	if log == nil {
-		log = slog.Default()
+		log = slog.Default().With("dataplane", "userspace")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Proxier{
 		cfg:       cfg,
 		m:         m,
-		log:       log.With("dataplane", "userspace"),
+		log:       log,
 		addrs:     addrs,
 		start:     time.Now(),
 		ctx:       ctx,
