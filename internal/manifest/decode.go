@@ -135,7 +135,13 @@ func isSeparator(l []byte) bool {
 }
 
 func onlyComments(chunk []byte) bool {
-	for _, l := range bytes.Split(chunk, []byte("\n")) {
+	for len(chunk) > 0 {
+		l := chunk
+		if i := bytes.IndexByte(chunk, '\n'); i >= 0 {
+			l, chunk = chunk[:i], chunk[i+1:]
+		} else {
+			chunk = nil
+		}
 		l = bytes.TrimSpace(l)
 		if len(l) > 0 && l[0] != '#' && !bytes.Equal(l, []byte("...")) {
 			return false

@@ -71,6 +71,7 @@ func (p *fastParser) lines(doc []byte) bool {
 			return false
 		}
 	}
+	p.ls = make([]fastLine, 0, bytes.Count(doc, []byte("\n"))+1)
 	for len(doc) > 0 {
 		var l []byte
 		if i := bytes.IndexByte(doc, '\n'); i >= 0 {
@@ -199,7 +200,8 @@ func splitKey(t []byte) (key, value []byte, isKey bool) {
 
 func (p *fastParser) mapping(i, indent int, out []byte) (int, []byte, bool) {
 	out = append(out, '{')
-	var keys [][]byte
+	var keysBuf [24][]byte // mappings are small: keep the duplicate check off the heap
+	keys := keysBuf[:0]
 	for i < len(p.ls) && p.ls[i].indent == indent && !isSeqItem(p.ls[i].text) {
 		key, value, isKey := splitKey(p.ls[i].text)
 		if !isKey || len(key) == 0 || !plainString(key) || bytes.Equal(key, []byte("<<")) {

@@ -138,9 +138,13 @@ func TestScale(t *testing.T) {
 	}
 	secs, _ := strconv.ParseFloat(f[0], 64)
 	hwm, _ := strconv.ParseFloat(f[1], 64)
-	fmt.Printf("\n| services | pods | ports in model | endpoints | time to synced model | peak RSS | GOMAXPROCS |\n")
-	fmt.Printf("|---|---|---|---|---|---|---|\n")
-	fmt.Printf("| %d | %d | %s | %s | %.2f s | %.0f MiB | %d |\n\n", services, services*podsPer, f[2], f[3], secs, hwm/1024, runtime.GOMAXPROCS(0))
+	// CPU time tells the cost apart from the machine's load: the wall time on a
+	// busy shared box includes waiting for a core.
+	cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	fmt.Printf("\n| services | pods | ports in model | endpoints | time to synced model | CPU time (whole child) | peak RSS | GOMAXPROCS |\n")
+	fmt.Printf("|---|---|---|---|---|---|---|---|\n")
+	fmt.Printf("| %d | %d | %s | %s | %.2f s | %.2f s | %.0f MiB | %d |\n\n", services, services*podsPer, f[2], f[3], secs,
+		cpu.Seconds(), hwm/1024, runtime.GOMAXPROCS(0))
 	if services == 10000 && (secs > 2 || hwm/1024 > 300) {
 		t.Errorf("target missed: %.2f s (want < 2 s), %.0f MiB (want < 300 MiB)", secs, hwm/1024)
 	}
