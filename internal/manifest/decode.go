@@ -201,7 +201,10 @@ func decodeDocument(d document) (objs []*object, probs []Problem, fatal bool) {
 		var err error
 		var fast bool
 		var ft [2]string
-		if j, ft, fast = fastYAMLToJSONType(d.data); !fast {
+		fp := fastPool.Get().(*fastParser)
+		// The decoders copy what they keep, so the buffer is free again on return.
+		defer fastPool.Put(fp)
+		if j, ft, fast = fastYAMLToJSONType(d.data, fp); !fast {
 			j, err = yaml.YAMLToJSONStrict(d.data)
 		} else if ft[0] != "" && ft[1] != "" {
 			tm.APIVersion, tm.Kind, peeked = ft[0], ft[1], true
