@@ -155,6 +155,8 @@ subsets:
   - name: db
     port: 3306
 `)
+	// Endpoints for a service with a selector are not mirrored.
+	writeFile(t, dir, "ignored.yaml", "apiVersion: v1\nkind: Endpoints\nmetadata:\n  name: dual\nsubsets:\n- addresses:\n  - ip: 192.168.1.99\n  ports:\n  - port: 53\n    protocol: UDP\n")
 	cidrs, _ := allocator.ParseServiceCIDRs("10.96.0.0/16,fd00:10:96::/112")
 	r, err := Load(Config{Dir: dir, Ephemeral: true, Allocator: allocator.Config{ServiceCIDRs: cidrs}})
 	if err != nil {

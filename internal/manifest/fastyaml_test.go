@@ -30,6 +30,10 @@ func TestFastYAMLAgreesWithDecoder(t *testing.T) {
 		data, _ := os.ReadFile(f)
 		for _, d := range splitYAML(f, data) {
 			docs = append(docs, string(d.data))
+			// Ordinary manifests must take the fast path, or it is worth nothing.
+			if _, ok := fastYAMLToJSON(d.data); !ok {
+				t.Errorf("%s document %d: fast path declined an ordinary manifest", f, d.Doc)
+			}
 		}
 	}
 	for _, doc := range docs {

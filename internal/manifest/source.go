@@ -438,8 +438,6 @@ func Load(cfg Config) (*Result, error) {
 			r.Services = append(r.Services, e.out.(*v1.Service))
 		case KindEndpointSlice:
 			r.EndpointSlices = append(r.EndpointSlices, e.out.(*discovery.EndpointSlice))
-		case KindEndpoints:
-			r.EndpointSlices = append(r.EndpointSlices, endpointsSlices(e.out.(*v1.Endpoints))...)
 		case KindPod:
 			r.Pods = append(r.Pods, e.out.(*podInfo).pod())
 		case KindNode:

@@ -134,6 +134,18 @@ func TestRunWatchesDirectory(t *testing.T) {
 		return pv != nil && pv.NodePort != 0
 	})
 
+	legacy := model.ServicePortName{NamespacedName: types.NamespacedName{Namespace: "default", Name: "legacy"}, Port: "db", Protocol: "TCP"}
+	endpointsObj := func(ip string) string {
+		return "apiVersion: v1\nkind: Endpoints\nmetadata:\n  name: legacy\nsubsets:\n- addresses:\n  - ip: " + ip + "\n  ports:\n  - name: db\n    port: 3306\n"
+	}
+	step("service without selector, v1 Endpoints", func() {
+		writeFile(t, dir, "legacy.yaml", svcYAML("legacy", "  ports:\n  - name: db\n    port: 3306\n")+"---\n"+endpointsObj("192.168.1.10"))
+	}, func(s *model.Snapshot) bool { return endpoints(s, legacy) == "192.168.1.10:3306" })
+
+	step("v1 Endpoints edited", func() {
+		writeFile(t, dir, "legacy.yaml", svcYAML("legacy", "  ports:\n  - name: db\n    port: 3306\n")+"---\n"+endpointsObj("192.168.1.11"))
+	}, func(s *model.Snapshot) bool { return endpoints(s, legacy) == "192.168.1.11:3306" })
+
 	step("file deleted", func() {
 		os.Remove(filepath.Join(dir, "web-service.yaml"))
 	}, func(s *model.Snapshot) bool { return s.Ports[webHTTP] == nil })

@@ -73,7 +73,7 @@ type store struct {
 
 	pods       map[string]*podIndex // namespace → index of in-force pods
 	nodeZones  map[string]string
-	selSlices  map[types.NamespacedName][]*discovery.EndpointSlice // computed from pods
+	selSlices  map[types.NamespacedName][]*discovery.EndpointSlice // computed from pods or mirrored from Endpoints
 	dirs       []string                                            // directories seen by the last scan
 	initialled bool
 }
@@ -527,11 +527,6 @@ func (s *store) remove(k objKey, cur *entry, d *delta) {
 	case KindEndpointSlice:
 		name := types.NamespacedName{Namespace: k.Namespace, Name: k.Name}
 		ch.slices[name] = [2]*discovery.EndpointSlice{cur.out.(*discovery.EndpointSlice), nil}
-	case KindEndpoints:
-		for _, sl := range endpointsSlices(cur.out.(*v1.Endpoints)) {
-			name := types.NamespacedName{Namespace: sl.Namespace, Name: sl.Name}
-			ch.slices[name] = [2]*discovery.EndpointSlice{sl, nil}
-		}
 	}
 }
 
@@ -543,7 +538,7 @@ func (s *store) unindex(k objKey, cur *entry, d *delta) {
 			ix.remove(cur.out.(*podInfo))
 		}
 		d.dirtyNS[k.Namespace] = true
-	case KindService:
+	case KindService, KindEndpoints:
 		d.dirtySvc[types.NamespacedName{Namespace: k.Namespace, Name: k.Name}] = true
 	case KindNode:
 		d.nodes = true
@@ -580,24 +575,16 @@ func (s *store) index(k objKey, e *entry, prev *entry, d *delta) {
 		}
 		ch.slices[name] = [2]*discovery.EndpointSlice{old, e.out.(*discovery.EndpointSlice)}
 	case KindEndpoints:
-		if prev != nil {
-			for _, sl := range endpointsSlices(prev.out.(*v1.Endpoints)) {
-				n := types.NamespacedName{Namespace: sl.Namespace, Name: sl.Name}
-				ch.slices[n] = [2]*discovery.EndpointSlice{sl, nil}
-			}
-		}
-		for _, sl := range endpointsSlices(e.out.(*v1.Endpoints)) {
-			n := types.NamespacedName{Namespace: sl.Namespace, Name: sl.Name}
-			old := ch.slices[n][0]
-			ch.slices[n] = [2]*discovery.EndpointSlice{old, sl}
-		}
+		// Mirrored or not depending on the service: see recomputeSlices.
+		d.dirtySvc[name] = true
 	case KindNode:
 		d.nodes = true
 	}
 }
 
-// recomputeSlices recomputes the pod-derived slices of the services that changed
-// and of every selector service in a namespace whose pods changed.
+// recomputeSlices recomputes the derived slices (from pods, or mirrored from v1
+// Endpoints) of the services whose Service or Endpoints changed, and of every
+// selector service in a namespace whose pods changed.
 func (s *store) recomputeSlices(ch *change, dirtyNS map[string]bool, dirtySvc map[types.NamespacedName]bool) {
 	todo := map[types.NamespacedName]bool{}
 	for n := range dirtySvc {
@@ -625,17 +612,27 @@ func (s *store) recomputeSlices(ch *change, dirtyNS map[string]bool, dirtySvc ma
 			defer wg.Done()
 			for i := w; i < len(names); i += workers {
 				name := names[i]
-				e := s.inForce[objKey{Kind: KindService, Namespace: name.Namespace, Name: name.Name}]
-				if e == nil {
-					continue
+				var svc *v1.Service
+				if e := s.inForce[objKey{Kind: KindService, Namespace: name.Namespace, Name: name.Name}]; e != nil {
+					svc = e.out.(*v1.Service)
 				}
-				svc := e.out.(*v1.Service)
-				if len(svc.Spec.Selector) > 0 && svc.Spec.Type != v1.ServiceTypeExternalName {
+				switch {
+				case svc != nil && len(svc.Spec.Selector) > 0:
+					if svc.Spec.Type == v1.ServiceTypeExternalName {
+						continue
+					}
 					var pods []*podInfo
 					if ix := s.pods[name.Namespace]; ix != nil {
 						pods = ix.match(svc.Spec.Selector)
 					}
 					freshOf[i] = selectorSlices(svc, pods, zoneOf)
+				default:
+					// v1 Endpoints are mirrored only for services without a selector,
+					// as the EndpointSlice mirroring controller does: for the others
+					// the endpoints controller would overwrite them.
+					if e := s.inForce[objKey{Kind: KindEndpoints, Namespace: name.Namespace, Name: name.Name}]; e != nil {
+						freshOf[i] = endpointsSlices(e.out.(*v1.Endpoints))
+					}
 				}
 			}
 		}()
