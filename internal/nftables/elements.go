@@ -28,30 +28,43 @@ func (e Element) sameValue(o Element) bool {
 	return bytes.Equal(e.Val, o.Val) && e.Verdict == o.Verdict
 }
 
-// contribution is what one service port puts into one family's sets.
-type contribution map[string][]Element
+// contribution is what one service port puts into one family's sets, and the
+// frontends with session affinity it needs chains and sets for.
+type contribution struct {
+	elems    map[string][]Element
+	affinity []*affinity
+}
 
-func (c contribution) add(set string, e Element) { c[set] = append(c[set], e) }
+func (c *contribution) add(set string, e Element) { c.elems[set] = append(c.elems[set], e) }
 
 // buildPort computes a service port's elements for one family. It is a pure
 // function of the port view and the configuration; incremental syncs diff its
 // result against the previous one.
-func buildPort(cfg *Config, f family, pv *model.PortView) contribution {
-	c := contribution{}
+func buildPort(cfg *Config, f family, pv *model.PortView) *contribution {
+	c := &contribution{elems: map[string][]Element{}}
 	proto := protoNum(pv.Protocol)
 	aff := pv.AffinityTimeout
 	internal := model.ByFamily(pv.InternalEndpoints(), f.v1)
 	external := model.ByFamily(pv.ExternalEndpoints(), f.v1)
 
 	serve := func(fe Frontend, eps []*model.Endpoint) {
-		cl := class{n: len(eps), affinity: aff, nodePort: fe.IsNodePort()}
+		if aff > 0 {
+			a := &affinity{fe: fe, timeout: aff}
+			for _, ep := range eps {
+				a.endpoints = append(a.endpoints, ep.AddrPort())
+			}
+			c.affinity = append(c.affinity, a)
+			c.add(mapFrontends, Element{Key: enc(nil).frontend(fe), Verdict: a.chain()})
+			for i, ep := range a.endpoints {
+				c.add(mapAffinityPick, Element{Key: enc(nil).frontend(fe).slot(uint32(i)), Verdict: a.epChain(ep)})
+			}
+			return
+		}
+		cl := class{n: len(eps), nodePort: fe.IsNodePort()}
 		c.add(mapFrontends, Element{Key: enc(nil).frontend(fe), Verdict: cl.chain()})
 		set := backendsSpec(cl.n).name
 		for i, ep := range eps {
 			c.add(set, Element{Key: enc(nil).frontend(fe).slot(uint32(i)), Val: enc(nil).addrPort(ep.AddrPort())})
-			if aff > 0 {
-				c.add(setAffinityOK, Element{Key: enc(nil).frontend(fe).addrPort(ep.AddrPort())})
-			}
 		}
 	}
 
@@ -143,6 +156,10 @@ type store struct {
 	// chainRefs counts the wanted frontends per DNAT class chain, so that a
 	// sync knows the classes in use without walking the frontends.
 	chainRefs map[string]int
+	// affinity holds the wanted affinity frontends by chain name (the last
+	// writer first wins, like elements), and kernelAffinity what the kernel has.
+	affinity       map[string][]*affinity
+	kernelAffinity map[string]*affinity
 }
 
 type slot struct {
@@ -156,7 +173,8 @@ type slot struct {
 type dirtyKey struct{ set, id string }
 
 func newStore() *store {
-	return &store{sets: map[string]map[string]*slot{}, chainRefs: map[string]int{}}
+	return &store{sets: map[string]map[string]*slot{}, chainRefs: map[string]int{},
+		affinity: map[string][]*affinity{}, kernelAffinity: map[string]*affinity{}}
 }
 
 func (s *store) countChain(set string, e Element, delta int) {
@@ -238,8 +256,25 @@ func (s *store) remove(set string, e Element) {
 	}
 }
 
-func (s *store) apply(c contribution, add bool) {
-	for set, els := range c {
+func (s *store) apply(c *contribution, add bool) {
+	for _, a := range c.affinity {
+		if add {
+			s.affinity[a.chain()] = append(s.affinity[a.chain()], a)
+		} else if l := s.affinity[a.chain()]; len(l) > 0 {
+			// Drop one claim on the chain; another port may still want it.
+			if i := slices.IndexFunc(l, a.equal); i >= 0 {
+				l = slices.Delete(l, i, i+1)
+			} else {
+				l = l[1:]
+			}
+			if len(l) == 0 {
+				delete(s.affinity, a.chain())
+			} else {
+				s.affinity[a.chain()] = l
+			}
+		}
+	}
+	for set, els := range c.elems {
 		for _, e := range els {
 			if add {
 				s.add(set, e)
@@ -256,6 +291,7 @@ func (s *store) apply(c contribution, add bool) {
 // rather than next to the old store, keeps one copy of the elements in memory.
 func (s *store) resetWants(present map[string]bool) {
 	clear(s.chainRefs)
+	clear(s.affinity)
 	for set, m := range s.sets {
 		for id, sl := range m {
 			sl.refs = 0
@@ -301,6 +337,19 @@ func (s *store) commit() {
 		sl.inKernel, sl.old, sl.dirty = true, nil, false
 	}
 	s.dirty = nil
+	clear(s.kernelAffinity)
+	for name := range s.affinity {
+		s.kernelAffinity[name] = s.wantedAffinity(name)
+	}
+}
+
+// wantedAffinity is the affinity frontend a chain name stands for.
+func (s *store) wantedAffinity(name string) *affinity {
+	l := s.affinity[name]
+	if len(l) == 0 {
+		return nil
+	}
+	return l[len(l)-1]
 }
 
 // classes returns the DNAT classes the wanted frontends map refers to.

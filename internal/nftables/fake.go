@@ -170,7 +170,7 @@ func (t *fakeTable) apply(k *Fake, cfg *Config, ft *familyTx) error {
 			s.elems[e.id()] = e
 		}
 	}
-	p := newProgram(cfg, f)
+	p := newProgram(cfg, f, ft.affinity)
 	for _, c := range ft.ruleChains {
 		ci, ok := t.chains[c]
 		if !ok {
@@ -248,11 +248,12 @@ func (k *Fake) SetAffinity(client netip.Addr, fe Frontend, ep netip.AddrPort) {
 		f = ipv6
 	}
 	t := k.tables[f]
-	if t == nil || t.sets[mapAffinity] == nil {
+	a := &affinity{fe: fe}
+	if t == nil || t.sets[a.epSet(ep)] == nil {
 		return
 	}
-	key := enc(nil).addr(client).frontend(fe)
-	t.sets[mapAffinity].elems[string(key)] = Element{Key: key, Val: enc(nil).addrPort(ep)}
+	key := enc(nil).addr(client)
+	t.sets[a.epSet(ep)].elems[string(key)] = Element{Key: key}
 }
 
 // Close implements kernel.

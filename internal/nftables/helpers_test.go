@@ -103,7 +103,7 @@ func (w *world) service(svc *v1.Service, slices ...*discovery.EndpointSlice) {
 
 func (w *world) snap() *model.Snapshot { return w.tr.Snapshot() }
 
-func affinity(seconds int32) func(*v1.Service) {
+func withAffinity(seconds int32) func(*v1.Service) {
 	return func(s *v1.Service) {
 		s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
 		s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: &seconds}}

@@ -49,6 +49,9 @@ type familyTx struct {
 	dels, adds     map[string][]Element
 	delChains      []string
 	delSets        []string
+	// affinity holds the wanted affinity frontends by chain name: the rules of
+	// their chains depend on them.
+	affinity map[string]*affinity
 }
 
 func (t *familyTx) empty() bool {

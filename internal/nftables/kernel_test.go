@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -143,8 +144,8 @@ func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 
 func TestKernelAffinityPins(t *testing.T) {
 	b := newBed(t, 3, nil)
-	b.addService("aff", combine(clusterIP("10.96.0.80"), affinity(60)), v1.ProtocolTCP, v1.IPv4Protocol, 0, 1, 2)
-	b.addService("aff6", combine(clusterIP("fd00:10:96::80"), affinity(60)), v1.ProtocolTCP, v1.IPv6Protocol, 0, 1, 2)
+	b.addService("aff", combine(clusterIP("10.96.0.80"), withAffinity(60)), v1.ProtocolTCP, v1.IPv4Protocol, 0, 1, 2)
+	b.addService("aff6", combine(clusterIP("fd00:10:96::80"), withAffinity(60)), v1.ProtocolTCP, v1.IPv6Protocol, 0, 1, 2)
 	b.sync(true)
 	for _, dst := range []string{"10.96.0.80:80", "[fd00:10:96::80]:80"} {
 		for _, from := range []*netnstest.NS{b.pods[0].NS, b.pods[1].NS} {
@@ -406,4 +407,35 @@ func TestKernelRestartTakeover(t *testing.T) {
 	if ts, err := p2.Tables(context.Background()); err != nil || len(ts) != 0 {
 		t.Errorf("after Cleanup: %d tables, %v", len(ts), err)
 	}
+}
+
+// The nft tool must be able to list the ruleset kproxy writes (operators and
+// other software run "nft list ruleset"; nft 1.0.6 aborts on expressions it
+// cannot print, for the whole ruleset).
+func TestKernelNftListsTheRuleset(t *testing.T) {
+	testenv.RequireCommand(t, "nft")
+	b := newBed(t, 2, func(c *Config) { c.LocalhostNodePorts = true })
+	b.addService("aff", combine(clusterIP("10.96.0.10"), withAffinity(30), nodePort(30010, false)), v1.ProtocolTCP, v1.IPv4Protocol, 0, 1)
+	b.addService("aff6", combine(clusterIP("fd00:10:96::10"), withAffinity(30)), v1.ProtocolUDP, v1.IPv6Protocol, 0, 1)
+	b.addService("np", combine(clusterIP("10.96.0.11"), nodePort(30011, true)), v1.ProtocolTCP, v1.IPv4Protocol, 0)
+	b.w.service(makeService("lb", combine(clusterIP("10.96.0.30"), func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeLoadBalancer
+		s.Spec.LoadBalancerSourceRanges = []string{"192.168.100.0/28"}
+		s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "192.168.201.1"}}
+	})), makeSlice("lb", 8080, v1.ProtocolTCP, b.podEps(8080, v1.IPv4Protocol, 0)...))
+	b.w.service(makeService("empty", clusterIP("10.96.0.40")))
+	b.sync(true)
+	if _, err := b.pods[1].Request("tcp", ap("10.96.0.10:80"), 0, 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	out, err := b.node.Exec("nft", "list", "ruleset")
+	if err != nil {
+		t.Fatalf("nft list ruleset: %v", err)
+	}
+	for _, want := range []string{"table ip kproxy", "table ip6 kproxy", "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @backends-1"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("nft list ruleset lacks %q", want)
+		}
+	}
+	t.Logf("%s", out)
 }

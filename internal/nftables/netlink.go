@@ -103,7 +103,10 @@ func datatype(f family, fl field) gnft.SetDatatype {
 	case fPort:
 		return gnft.TypeInetService
 	}
-	return gnft.TypeInteger
+	// The slot is a host-order 32-bit number. nft's "integer" has no fixed
+	// size, and nft 1.0.6 aborts listing a concatenation containing one; "mark"
+	// has the same layout and lists fine.
+	return gnft.TypeMark
 }
 
 func concatType(f family, fields []field) (gnft.SetDatatype, error) {
@@ -236,7 +239,7 @@ func (k *netlinkKernel) Apply(_ context.Context, tx *transaction) error {
 				}
 			}
 		}
-		p := newProgram(tx.cfg, f)
+		p := newProgram(tx.cfg, f, ft.affinity)
 		for _, name := range ft.ruleChains {
 			ch := &gnft.Chain{Name: name, Table: t}
 			for _, exprs := range p.rules(name) {

@@ -2,8 +2,9 @@ package nftables
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"net/netip"
-	"time"
+	"strings"
 
 	gnft "github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -103,10 +104,11 @@ type program struct {
 	cfg *Config
 	f   family
 	a   uint32 // 32-bit registers per address
+	aff map[string]*affinity
 }
 
-func newProgram(cfg *Config, f family) *program {
-	return &program{cfg: cfg, f: f, a: uint32(f.addrSz / 4)}
+func newProgram(cfg *Config, f family, aff map[string]*affinity) *program {
+	return &program{cfg: cfg, f: f, a: uint32(f.addrSz / 4), aff: aff}
 }
 
 // r returns 32-bit register i (NFT_REG32_00 + i): concatenations live in
@@ -344,52 +346,56 @@ func (p *program) rules(chain string) [][]expr.Any {
 	if c, ok := parseClassChain(chain); ok {
 		return p.classRules(c)
 	}
+	if af := p.aff[chain]; af != nil {
+		return p.affinityRules(af)
+	}
+	if rest, ok := strings.CutPrefix(chain, affEPChainPrefix); ok {
+		fe, ep, ok := parseAffinityName(p.f, rest)
+		if af := p.aff[affChainPrefix+hex.EncodeToString(enc(nil).frontend(fe))]; ok && af != nil {
+			return p.affinityEndpointRules(af, ep)
+		}
+	}
 	return nil
 }
 
-// classRules are the DNAT rules for frontends with n endpoints.
-//
-// Without affinity: one rule, "dnat to frontend . numgen random mod n map @backends-n".
-//
-// With affinity (registers: S = client address, F = frontend, D = endpoint):
-//  1. S.F in @affinity → D, and F.D in @affinity-valid: refresh the entry, dnat to D.
-//  2. S.F in @affinity → D, but F.D no longer valid (endpoint removed): delete the entry
-//     (the kernel wants a data register on a map even to delete).
-//  3. D = @backends-n[F . numgen mod n]; add S.F → D to @affinity with the timeout; dnat to D.
+// classRules are the DNAT rules for frontends with n endpoints and no
+// affinity: one rule, "dnat to frontend . numgen random mod n map @backends-n".
 func (p *program) classRules(c class) [][]expr.Any {
 	a := p.a
-	set := backendsSpec(c.n).name
-	if c.affinity <= 0 {
-		return [][]expr.Any{cat(
-			p.loadFrontend(r(0), c.nodePort),
-			[]expr.Any{
-				&expr.Numgen{Register: r(a + 2), Modulus: uint32(c.n), Type: unix.NFT_NG_RANDOM},
-				&expr.Lookup{SourceRegister: r(0), SetName: set, DestRegister: r(0), IsDestRegSet: true},
-				p.dnat(r(0)),
-			})}
-	}
-	s, f, d := r(0), r(a), r(2*a+2)
-	load := cat([]expr.Any{p.loadAddr(true, s)}, p.loadFrontend(f, c.nodePort))
-	timeout := c.affinity
-	return [][]expr.Any{
-		cat(load, []expr.Any{
-			&expr.Lookup{SourceRegister: s, SetName: mapAffinity, DestRegister: d, IsDestRegSet: true},
-			lookup(setAffinityOK, f, false),
-			&expr.Dynset{SrcRegKey: s, SrcRegData: d, SetName: mapAffinity, Operation: dynsetOpUpdate, Timeout: timeout},
-			p.dnat(d),
-		}),
-		cat(load, []expr.Any{
-			&expr.Lookup{SourceRegister: s, SetName: mapAffinity, DestRegister: d, IsDestRegSet: true},
-			lookup(setAffinityOK, f, true),
-			&expr.Dynset{SrcRegKey: s, SrcRegData: d, SetName: mapAffinity, Operation: dynsetOpDelete},
-		}),
-		cat(load, []expr.Any{
-			&expr.Numgen{Register: d, Modulus: uint32(c.n), Type: unix.NFT_NG_RANDOM},
-			&expr.Lookup{SourceRegister: f, SetName: set, DestRegister: d, IsDestRegSet: true},
-			&expr.Dynset{SrcRegKey: s, SrcRegData: d, SetName: mapAffinity, Operation: dynsetOpUpdate, Timeout: timeout},
-			p.dnat(d),
-		}),
-	}
+	return [][]expr.Any{cat(
+		p.loadFrontend(r(0), c.nodePort),
+		[]expr.Any{
+			&expr.Numgen{Register: r(a + 2), Modulus: uint32(c.n), Type: unix.NFT_NG_RANDOM},
+			&expr.Lookup{SourceRegister: r(0), SetName: backendsSpec(c.n).name, DestRegister: r(0), IsDestRegSet: true},
+			p.dnat(r(0)),
+		})}
 }
 
-var _ = time.Second
+// affinityRules are the rules of an affinity frontend's chain: a client in an
+// endpoint's set goes to that endpoint; anyone else gets a random endpoint
+// through @affinity-pick.
+func (p *program) affinityRules(af *affinity) [][]expr.Any {
+	rules := make([][]expr.Any, 0, len(af.endpoints)+1)
+	for _, ep := range af.endpoints {
+		rules = append(rules, []expr.Any{
+			p.loadAddr(true, 1), lookup(af.epSet(ep), 1, false), verdict(expr.VerdictGoto, af.epChain(ep)),
+		})
+	}
+	return append(rules, cat(p.loadFrontend(r(0), af.fe.IsNodePort()), []expr.Any{
+		&expr.Numgen{Register: r(p.a + 2), Modulus: uint32(len(af.endpoints)), Type: unix.NFT_NG_RANDOM},
+		vmap(mapAffinityPick, r(0)),
+	}))
+}
+
+// affinityEndpointRules remember the client in the endpoint's set (or refresh
+// its timeout) and DNAT to the endpoint.
+func (p *program) affinityEndpointRules(af *affinity, ep netip.AddrPort) [][]expr.Any {
+	port := []byte{byte(ep.Port() >> 8), byte(ep.Port())}
+	return [][]expr.Any{{
+		p.loadAddr(true, 1),
+		&expr.Dynset{SrcRegKey: 1, SetName: af.epSet(ep), Operation: dynsetOpUpdate, Timeout: af.timeout},
+		&expr.Immediate{Register: r(0), Data: ep.Addr().AsSlice()},
+		&expr.Immediate{Register: r(p.a), Data: port},
+		p.dnat(r(0)),
+	}}
+}

@@ -363,13 +363,27 @@ func (p *Proxier) planFull(f family, t *Table, st *store, trusted bool) (*family
 		s := backendsSpec(c.n)
 		wantSets[s.name] = s
 	}
+	ft.affinity = wantedAffinity(st)
+	for name, af := range ft.affinity {
+		wantChains[name] = true
+		for _, ep := range af.endpoints {
+			wantChains[af.epChain(ep)] = true
+			wantSets[af.epSet(ep)] = affinitySetSpec(af.epSet(ep))
+		}
+	}
 	// Every chain is rewritten: flushing drops the rules' references to sets,
 	// and the same transaction adds them back, so packets never see a gap.
 	ft.flushChains = sortedKeys(t.Chains)
 	existingChains := map[string]bool{}
-	for name, ci := range t.Chains {
+	for _, name := range sortedKeys(t.Chains) {
+		ci := t.Chains[name]
 		if !wantChains[name] {
-			ft.delChains = append(ft.delChains, name)
+			// Chains that goto others go first (aff- before affep-).
+			if strings.HasPrefix(name, affChainPrefix) {
+				ft.delChains = append([]string{name}, ft.delChains...)
+			} else {
+				ft.delChains = append(ft.delChains, name)
+			}
 			continue
 		}
 		if !chainMatches(name, ci) {
@@ -406,11 +420,87 @@ func (p *Proxier) planFull(f family, t *Table, st *store, trusted bool) (*family
 		ft.ruleChains = append(ft.ruleChains, name)
 	}
 	ft.dels, ft.adds = st.diff()
-	sets := map[string]bool{}
-	for name := range wantSets {
-		sets[name] = true
+	chains, sets := map[string]bool{}, map[string]bool{}
+	for name := range wantChains {
+		if !isAffinityName(name) {
+			chains[name] = true
+		}
 	}
-	return ft, wantChains, sets
+	for name := range wantSets {
+		if !isAffinityName(name) {
+			sets[name] = true
+		}
+	}
+	return ft, chains, sets
+}
+
+// isAffinityName reports whether a chain or set belongs to an affinity
+// frontend; those are planned from the store's affinity records.
+func isAffinityName(name string) bool {
+	return strings.HasPrefix(name, affChainPrefix) || strings.HasPrefix(name, affEPChainPrefix) ||
+		strings.HasPrefix(name, affSetPrefix)
+}
+
+func wantedAffinity(st *store) map[string]*affinity {
+	out := make(map[string]*affinity, len(st.affinity))
+	for name := range st.affinity {
+		out[name] = st.wantedAffinity(name)
+	}
+	return out
+}
+
+// planAffinity adds the changes of affinity frontends to a partial sync.
+func planAffinity(ft *familyTx, st *store) {
+	want := wantedAffinity(st)
+	ft.affinity = want
+	addEP := func(af *affinity, ep netip.AddrPort) {
+		ft.newSets = append(ft.newSets, affinitySetSpec(af.epSet(ep)))
+		ft.newChains = append(ft.newChains, af.epChain(ep))
+		ft.ruleChains = append(ft.ruleChains, af.epChain(ep))
+	}
+	var delAff, delEP []string
+	for _, name := range sortedKeys(want) {
+		w, h := want[name], st.kernelAffinity[name]
+		switch {
+		case h == nil:
+			ft.newChains = append(ft.newChains, name)
+			ft.ruleChains = append(ft.ruleChains, name)
+			for _, ep := range w.endpoints {
+				addEP(w, ep)
+			}
+		case !w.equal(h):
+			ft.flushChains = append(ft.flushChains, name)
+			ft.ruleChains = append(ft.ruleChains, name)
+			for _, ep := range w.endpoints {
+				switch {
+				case !slices.Contains(h.endpoints, ep):
+					addEP(w, ep)
+				case w.timeout != h.timeout:
+					ft.flushChains = append(ft.flushChains, w.epChain(ep))
+					ft.ruleChains = append(ft.ruleChains, w.epChain(ep))
+				}
+			}
+			for _, ep := range h.endpoints {
+				if !slices.Contains(w.endpoints, ep) {
+					// Its clients' pins go with the set: they are re-balanced.
+					delEP = append(delEP, h.epChain(ep))
+					ft.delSets = append(ft.delSets, h.epSet(ep))
+				}
+			}
+		}
+	}
+	for _, name := range sortedKeys(st.kernelAffinity) {
+		if want[name] != nil {
+			continue
+		}
+		h := st.kernelAffinity[name]
+		delAff = append(delAff, name)
+		for _, ep := range h.endpoints {
+			delEP = append(delEP, h.epChain(ep))
+			ft.delSets = append(ft.delSets, h.epSet(ep))
+		}
+	}
+	ft.delChains = append(append(delAff, delEP...), ft.delChains...)
 }
 
 func chainMatches(name string, ci ChainInfo) bool {
@@ -480,6 +570,7 @@ func (p *Proxier) syncPartial(ctx context.Context, snap *model.Snapshot) (int, e
 				ft.delSets = append(ft.delSets, name)
 			}
 		}
+		planAffinity(ft, st)
 		ft.dels, ft.adds = st.diff()
 		tx.fams = append(tx.fams, ft)
 		newChains[f], newSets[f] = wantChains, wantSets

@@ -145,7 +145,7 @@ func TestFlows(t *testing.T) {
 	w.service(makeService("v6", combine(clusterIP("fd00:10:96::10"), func(s *v1.Service) {
 		s.Spec.IPFamilies = []v1.IPFamily{v1.IPv6Protocol}
 	})), makeSlice("v6", 8080, tcp, ep{ip: "fd00:10:244::2"}, ep{ip: "fd00:10:244:1::2", node: "node-b"}))
-	w.service(makeService("aff", combine(clusterIP("10.96.0.80"), affinity(60))),
+	w.service(makeService("aff", combine(clusterIP("10.96.0.80"), withAffinity(60))),
 		makeSlice("aff", 8080, tcp, ep{ip: "10.244.0.12"}, ep{ip: "10.244.1.12", node: "node-b"}))
 
 	if err := p.Sync(context.Background(), w.snap(), true); err != nil {

@@ -2,6 +2,8 @@ package nftables
 
 import (
 	"encoding/binary"
+	"encoding/hex"
+	"slices"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -69,8 +71,10 @@ const (
 	setClusterIPs     = "cluster-ips"    // every cluster IP: traffic still addressed to one after DNAT is rejected
 	setMasq           = "masquerade"     // frontends whose traffic is always masqueraded
 	mapFrontends      = "frontends"      // frontend → goto the DNAT chain of its class
-	mapAffinity       = "affinity"       // dynamic: client . frontend → endpoint, with a timeout
-	setAffinityOK     = "affinity-valid" // frontend . endpoint pairs that still exist
+	mapAffinityPick   = "affinity-pick"   // frontend . slot → goto the affinity endpoint chain
+	affChainPrefix    = "aff-"            // aff-<frontend>: pinned clients, else pick an endpoint
+	affEPChainPrefix  = "affep-"          // affep-<frontend>-<endpoint>: remember the client, DNAT
+	affSetPrefix      = "affset-"         // affset-<frontend>-<endpoint>: dynamic set of pinned clients
 	setHairpin        = "hairpin"        // local endpoint . itself: a pod reaching itself, masqueraded
 	mapNoEndpoints    = "no-endpoints"   // frontend → goto reject | drop
 	setFirewall       = "firewall"       // load balancer frontends with source ranges
@@ -78,8 +82,7 @@ const (
 	backendsPrefix    = "backends-"      // backends-N: frontend . slot → endpoint, for N endpoints
 	verdictDrop       = "drop"
 	chainReject       = "reject"
-	affinitySetSize   = 1 << 18
-	maxBackendsPerKey = 1 << 16
+	affinitySetSize   = 1 << 16
 )
 
 // setSpec describes one named set or map.
@@ -90,6 +93,11 @@ type setSpec struct {
 	verdict  bool
 	interval bool // the last key field is a range (concatenated intervals: pipapo)
 	dynamic  bool // updated from the packet path, with timeouts
+}
+
+// affinitySetSpec is the dynamic set of clients pinned to one endpoint.
+func affinitySetSpec(name string) setSpec {
+	return setSpec{name: name, key: []field{fAddr}, dynamic: true}
 }
 
 func (s setSpec) keyLen(f family) int {
@@ -115,8 +123,7 @@ var staticSets = []setSpec{
 	{name: setClusterIPs, key: []field{fAddr}},
 	{name: setMasq, key: frontendKey},
 	{name: mapFrontends, key: frontendKey, verdict: true},
-	{name: mapAffinity, key: []field{fAddr, fAddr, fProto, fPort}, data: []field{fAddr, fPort}, dynamic: true},
-	{name: setAffinityOK, key: []field{fAddr, fProto, fPort, fAddr, fPort}},
+	{name: mapAffinityPick, key: []field{fAddr, fProto, fPort, fSlot}, verdict: true},
 	{name: setHairpin, key: []field{fAddr, fAddr}},
 	{name: mapNoEndpoints, key: frontendKey, verdict: true},
 	{name: setFirewall, key: frontendKey},
@@ -133,6 +140,9 @@ func specFor(name string) (setSpec, bool) {
 		if s.name == name {
 			return s, true
 		}
+	}
+	if strings.HasPrefix(name, affSetPrefix) {
+		return affinitySetSpec(name), true
 	}
 	if n, ok := strings.CutPrefix(name, backendsPrefix); ok {
 		if v, err := strconv.Atoi(n); err == nil && v > 0 && strconv.Itoa(v) == n {
@@ -185,11 +195,10 @@ func protoName(p uint8) string {
 	return strconv.Itoa(int(p))
 }
 
-// class is the DNAT behaviour a frontend dispatches to: how many endpoints, and
-// the affinity timeout (0: none). One chain exists per class in use.
+// class is the DNAT behaviour a frontend without session affinity dispatches
+// to: how many endpoints. One chain exists per class in use.
 type class struct {
 	n        int
-	affinity time.Duration
 	nodePort bool
 }
 
@@ -198,10 +207,61 @@ func (c class) chain() string {
 	if c.nodePort {
 		p = "np-"
 	}
-	if c.affinity > 0 {
-		return fmt.Sprintf("%saff-%d-%d", p, c.n, int64(c.affinity/time.Second))
-	}
 	return fmt.Sprintf("%sdnat-%d", p, c.n)
+}
+
+// affinity describes a frontend with ClientIP session affinity. Such frontends
+// get chains and sets of their own, shaped like kube-proxy's: a dynamic set of
+// clients per endpoint, checked first, then a random pick among the endpoints
+// whose chain adds the client to its set. Affinity is rare, and this shape is
+// the one nft can list: a shared map from client to endpoint would need the
+// result of one lookup as the data of a set update, which the kernel accepts
+// but nft 1.0.6 cannot print (it aborts on the whole ruleset).
+type affinity struct {
+	fe        Frontend
+	endpoints []netip.AddrPort
+	timeout   time.Duration
+}
+
+func (a *affinity) chain() string { return affChainPrefix + hex.EncodeToString(enc(nil).frontend(a.fe)) }
+
+func (a *affinity) suffix(ep netip.AddrPort) string {
+	return hex.EncodeToString(enc(nil).frontend(a.fe)) + "-" + hex.EncodeToString(enc(nil).addrPort(ep))
+}
+
+func (a *affinity) epChain(ep netip.AddrPort) string { return affEPChainPrefix + a.suffix(ep) }
+func (a *affinity) epSet(ep netip.AddrPort) string   { return affSetPrefix + a.suffix(ep) }
+
+func (a *affinity) equal(b *affinity) bool {
+	return a.fe == b.fe && a.timeout == b.timeout && slices.Equal(a.endpoints, b.endpoints)
+}
+
+// parseAffinityName decodes "<frontend>-<endpoint>" (or just "<frontend>") from
+// an affinity chain or set name.
+func parseAffinityName(f family, rest string) (Frontend, netip.AddrPort, bool) {
+	feHex, epHex, hasEP := strings.Cut(rest, "-")
+	b, err := hex.DecodeString(feHex)
+	if err != nil {
+		return Frontend{}, netip.AddrPort{}, false
+	}
+	d := &dec{f: f, b: b}
+	fe := d.frontend()
+	if d.err != nil || len(d.b) != 0 {
+		return Frontend{}, netip.AddrPort{}, false
+	}
+	if !hasEP {
+		return fe, netip.AddrPort{}, true
+	}
+	b, err = hex.DecodeString(epHex)
+	if err != nil {
+		return Frontend{}, netip.AddrPort{}, false
+	}
+	d = &dec{f: f, b: b}
+	ep := d.addrPort()
+	if d.err != nil || len(d.b) != 0 {
+		return Frontend{}, netip.AddrPort{}, false
+	}
+	return fe, ep, true
 }
 
 // parseClassChain is the inverse of class.chain.
@@ -217,16 +277,6 @@ func parseClassChain(name string) (class, bool) {
 			return class{}, false
 		}
 		c.n = n
-		return c, true
-	}
-	if rest, ok := strings.CutPrefix(name, "aff-"); ok {
-		ns, ts, ok := strings.Cut(rest, "-")
-		n, err1 := strconv.Atoi(ns)
-		t, err2 := strconv.ParseInt(ts, 10, 64)
-		if !ok || err1 != nil || err2 != nil || n <= 0 || t <= 0 {
-			return class{}, false
-		}
-		c.n, c.affinity = n, time.Duration(t)*time.Second
 		return c, true
 	}
 	return class{}, false

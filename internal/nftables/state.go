@@ -46,7 +46,9 @@ type State struct {
 	Masquerade    map[Frontend]bool
 	Frontends     map[Frontend]string                   // the chain the frontend dispatches to
 	Backends      map[int]map[Frontend][]netip.AddrPort // N → frontend → endpoint per slot
-	AffinityValid map[Frontend]map[netip.AddrPort]bool
+	// AffinityPick holds, per affinity frontend, its endpoints by slot.
+	AffinityPick map[Frontend][]netip.AddrPort
+	// Affinity holds the clients pinned to an endpoint (the kernel's dynamic sets).
 	Affinity      map[AffinityKey]AffinityEntry
 	Hairpin       map[netip.Addr]bool
 	NoEndpoints   map[Frontend]string // "reject" or "drop"
@@ -78,7 +80,7 @@ func newState(f v1.IPFamily) *State {
 	return &State{
 		Family: f, Chains: map[string]bool{}, ClusterIPs: map[netip.Addr]bool{},
 		Masquerade: map[Frontend]bool{}, Frontends: map[Frontend]string{},
-		Backends: map[int]map[Frontend][]netip.AddrPort{}, AffinityValid: map[Frontend]map[netip.AddrPort]bool{},
+		Backends: map[int]map[Frontend][]netip.AddrPort{}, AffinityPick: map[Frontend][]netip.AddrPort{},
 		Affinity: map[AffinityKey]AffinityEntry{}, Hairpin: map[netip.Addr]bool{},
 		NoEndpoints: map[Frontend]string{}, Firewall: map[Frontend]bool{}, FirewallAllow: map[Frontend][]AddrRange{},
 	}
@@ -118,15 +120,25 @@ func (t *Table) Decode() (*State, error) {
 				}
 			case name == setHairpin:
 				st.Hairpin[k.addr()] = true
-			case name == setAffinityOK:
+			case name == mapAffinityPick:
 				fe := k.frontend()
-				if st.AffinityValid[fe] == nil {
-					st.AffinityValid[fe] = map[netip.AddrPort]bool{}
+				slot := int(k.slot())
+				_, ep, ok := parseAffinityName(f, strings.TrimPrefix(e.Verdict, affEPChainPrefix))
+				if !ok || slot > 1<<16 {
+					return nil, fmt.Errorf("set %s: bad element %x : %s", name, e.Key, e.Verdict)
 				}
-				st.AffinityValid[fe][k.addrPort()] = true
-			case name == mapAffinity:
-				client := k.addr()
-				st.Affinity[AffinityKey{Client: client, Frontend: k.frontend()}] = AffinityEntry{Endpoint: v.addrPort()}
+				eps := st.AffinityPick[fe]
+				for len(eps) <= slot {
+					eps = append(eps, netip.AddrPort{})
+				}
+				eps[slot] = ep
+				st.AffinityPick[fe] = eps
+			case strings.HasPrefix(name, affSetPrefix):
+				fe, ep, ok := parseAffinityName(f, strings.TrimPrefix(name, affSetPrefix))
+				if !ok {
+					continue
+				}
+				st.Affinity[AffinityKey{Client: k.addr(), Frontend: fe}] = AffinityEntry{Endpoint: ep}
 			case strings.HasPrefix(name, backendsPrefix):
 				n, err := strconv.Atoi(strings.TrimPrefix(name, backendsPrefix))
 				if err != nil {
@@ -296,16 +308,19 @@ func (tr *Tracer) Trace(st *State, p Packet) TraceResult {
 		step("services: %s → %s", dnatFE, chain)
 		cl, ok := parseClassChain(chain)
 		eps := st.Backends[cl.n][dnatFE]
-		if !ok || !st.Chains[chain] || len(eps) != cl.n || slices.Contains(eps, netip.AddrPort{}) {
+		if strings.HasPrefix(chain, affChainPrefix) {
+			eps, ok = st.AffinityPick[dnatFE], true
+			if a, pinned := st.Affinity[AffinityKey{Client: p.Src, Frontend: dnatFE}]; pinned && slices.Contains(eps, a.Endpoint) {
+				step("%s: affinity pins %s to %s", chain, p.Src, a.Endpoint)
+				eps = []netip.AddrPort{a.Endpoint}
+			}
+		} else if len(eps) != cl.n {
+			ok = false
+		}
+		if !ok || !st.Chains[chain] || len(eps) == 0 || slices.Contains(eps, netip.AddrPort{}) {
 			// A slot without an element breaks the rule: the packet falls through undNATed.
 			step("%s: incomplete backends for %s", chain, dnatFE)
 		} else {
-			if cl.affinity > 0 {
-				if a, ok := st.Affinity[AffinityKey{Client: p.Src, Frontend: dnatFE}]; ok && st.AffinityValid[dnatFE][a.Endpoint] {
-					step("%s: affinity pins %s to %s", chain, p.Src, a.Endpoint)
-					eps = []netip.AddrPort{a.Endpoint}
-				}
-			}
 			r.Endpoints = slices.Clone(eps)
 			slices.SortFunc(r.Endpoints, func(a, b netip.AddrPort) int { return a.Compare(b) })
 			r.Endpoints = slices.Compact(r.Endpoints)

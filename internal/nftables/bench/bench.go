@@ -300,8 +300,8 @@ func writeMapsText(b *strings.Builder, n int) {
 	for i := 0; i < n; i++ {
 		fmt.Fprintf(b, "   %s . tcp . 80 : goto dnat-10,\n", clusterIP(i))
 	}
-	b.WriteString("  }\n }\n chain dnat-10 { dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 10 map @backends-10 }\n")
-	b.WriteString(" chain prerouting { type nat hook prerouting priority dstnat; ip daddr . meta l4proto . th dport vmap @frontends }\n}\n")
+	b.WriteString("  }\n }\n chain dnat-10 {\n  dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 10 map @backends-10\n }\n")
+	b.WriteString(" chain prerouting {\n  type nat hook prerouting priority dstnat;\n  ip daddr . meta l4proto . th dport vmap @frontends\n }\n}\n")
 }
 
 // writeUpstreamText is the ruleset shape of kube-proxy's nftables mode before
