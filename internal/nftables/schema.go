@@ -3,9 +3,9 @@ package nftables
 import (
 	"encoding/binary"
 	"encoding/hex"
-	"slices"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -68,21 +68,21 @@ func (f family) size(k field) int {
 
 // Set names. They never contain ':' (nft 1.0.6 cannot parse it in names).
 const (
-	setClusterIPs     = "cluster-ips"    // every cluster IP: traffic still addressed to one after DNAT is rejected
-	setMasq           = "masquerade"     // frontends whose traffic is always masqueraded
-	mapFrontends      = "frontends"      // frontend → goto the DNAT chain of its class
-	mapAffinityPick   = "affinity-pick"   // frontend . slot → goto the affinity endpoint chain
-	affChainPrefix    = "aff-"            // aff-<frontend>: pinned clients, else pick an endpoint
-	affEPChainPrefix  = "affep-"          // affep-<frontend>-<endpoint>: remember the client, DNAT
-	affSetPrefix      = "affset-"         // affset-<frontend>-<endpoint>: dynamic set of pinned clients
-	setHairpin        = "hairpin"        // local endpoint . itself: a pod reaching itself, masqueraded
-	mapNoEndpoints    = "no-endpoints"   // frontend → goto reject | drop
-	setFirewall       = "firewall"       // load balancer frontends with source ranges
-	setFirewallAllow  = "firewall-allow" // LB frontend . allowed source range
-	backendsPrefix    = "backends-"      // backends-N: frontend . slot → endpoint, for N endpoints
-	verdictDrop       = "drop"
-	chainReject       = "reject"
-	affinitySetSize   = 1 << 16
+	setClusterIPs    = "cluster-ips"    // every cluster IP: traffic still addressed to one after DNAT is rejected
+	setMasq          = "masquerade"     // frontends whose traffic is always masqueraded
+	mapFrontends     = "frontends"      // frontend → goto the DNAT chain of its class
+	mapAffinityPick  = "affinity-pick"  // frontend . slot → goto the affinity endpoint chain
+	affChainPrefix   = "aff-"           // aff-<frontend>: pinned clients, else pick an endpoint
+	affEPChainPrefix = "affep-"         // affep-<frontend>-<endpoint>: remember the client, DNAT
+	affSetPrefix     = "affset-"        // affset-<frontend>-<endpoint>: dynamic set of pinned clients
+	setHairpin       = "hairpin"        // local endpoint . itself: a pod reaching itself, masqueraded
+	mapNoEndpoints   = "no-endpoints"   // frontend → goto reject | drop
+	setFirewall      = "firewall"       // load balancer frontends with source ranges
+	setFirewallAllow = "firewall-allow" // LB frontend . allowed source range
+	backendsPrefix   = "backends-"      // backends-N: frontend . slot → endpoint, for N endpoints
+	verdictDrop      = "drop"
+	chainReject      = "reject"
+	affinitySetSize  = 1 << 16
 )
 
 // setSpec describes one named set or map.
@@ -223,7 +223,9 @@ type affinity struct {
 	timeout   time.Duration
 }
 
-func (a *affinity) chain() string { return affChainPrefix + hex.EncodeToString(enc(nil).frontend(a.fe)) }
+func (a *affinity) chain() string {
+	return affChainPrefix + hex.EncodeToString(enc(nil).frontend(a.fe))
+}
 
 func (a *affinity) suffix(ep netip.AddrPort) string {
 	return hex.EncodeToString(enc(nil).frontend(a.fe)) + "-" + hex.EncodeToString(enc(nil).addrPort(ep))

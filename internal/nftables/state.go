@@ -40,12 +40,12 @@ type SetData struct {
 // State is the decoded content of one family's table: what a packet tracer needs
 // to compute a verdict from kernel state rather than from the model.
 type State struct {
-	Family        v1.IPFamily
-	Chains        map[string]bool
-	ClusterIPs    map[netip.Addr]bool
-	Masquerade    map[Frontend]bool
-	Frontends     map[Frontend]string                   // the chain the frontend dispatches to
-	Backends      map[int]map[Frontend][]netip.AddrPort // N → frontend → endpoint per slot
+	Family     v1.IPFamily
+	Chains     map[string]bool
+	ClusterIPs map[netip.Addr]bool
+	Masquerade map[Frontend]bool
+	Frontends  map[Frontend]string                   // the chain the frontend dispatches to
+	Backends   map[int]map[Frontend][]netip.AddrPort // N → frontend → endpoint per slot
 	// AffinityPick holds, per affinity frontend, its endpoints by slot.
 	AffinityPick map[Frontend][]netip.AddrPort
 	// Affinity holds the clients pinned to an endpoint (the kernel's dynamic sets).

@@ -308,13 +308,13 @@ func writeMapsText(b *strings.Builder, n int) {
 // 1.36 (PERF-NOTES.md): service-ips vmap → a chain per service with an
 // anonymous numgen vmap → a chain per endpoint doing the DNAT.
 func writeUpstreamText(b *strings.Builder, n int) {
-	b.WriteString("table ip kube-proxy {\n chain mark-for-masquerade { meta mark set meta mark | 0x4000 }\n")
-	b.WriteString(" chain nat-prerouting { type nat hook prerouting priority dstnat; jump services }\n")
-	b.WriteString(" map service-ips { type ipv4_addr . inet_proto . inet_service : verdict\n  elements = {\n")
+	b.WriteString("table ip kube-proxy {\n chain mark-for-masquerade {\n  meta mark set meta mark | 0x4000\n }\n")
+	b.WriteString(" chain nat-prerouting {\n  type nat hook prerouting priority dstnat;\n  jump services\n }\n")
+	b.WriteString(" map service-ips {\n  type ipv4_addr . inet_proto . inet_service : verdict\n  elements = {\n")
 	for i := 0; i < n; i++ {
 		fmt.Fprintf(b, "   %s . tcp . 80 : goto service-%d,\n", clusterIP(i), i)
 	}
-	b.WriteString("  }\n }\n chain services { ip daddr . meta l4proto . th dport vmap @service-ips }\n")
+	b.WriteString("  }\n }\n chain services {\n  ip daddr . meta l4proto . th dport vmap @service-ips\n }\n")
 	for i := 0; i < n; i++ {
 		fmt.Fprintf(b, " chain service-%d {\n  ip daddr %s tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade\n  numgen random mod 10 vmap {", i, clusterIP(i))
 		for j := 0; j < 10; j++ {
