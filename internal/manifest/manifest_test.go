@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 
@@ -212,3 +213,62 @@ func (nopHandler) OnNodeAdd(*v1.Node)                                  {}
 func (nopHandler) OnNodeUpdate(_, _ *v1.Node)                          {}
 func (nopHandler) OnNodeDelete(*v1.Node)                               {}
 func (nopHandler) OnNodeSynced()                                       {}
+
+func TestIncrementalResolution(t *testing.T) {
+	dir := t.TempDir()
+	src, err := New(Config{Dir: dir, Ephemeral: true}, nopHandler{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inForce := func() string {
+		var names []string
+		for k := range src.st.inForce {
+			if k.Kind == KindService {
+				names = append(names, k.Name)
+			}
+		}
+		sort.Strings(names)
+		return strings.Join(names, ",")
+	}
+	sync := func(want string) {
+		t.Helper()
+		// The stamp includes the ctime in nanoseconds; a rewrite is always seen.
+		if err := src.syncOnce(nil); err != nil {
+			t.Fatal(err)
+		}
+		if got := inForce(); got != want {
+			t.Fatalf("services in force %q, want %q; problems %v", got, want, src.Problems())
+		}
+	}
+	two := svcYAML("a", "  ports:\n  - port: 80\n") + "---\n" + svcYAML("b", "  clusterIP: 10.96.0.10\n  ports:\n  - port: 80\n")
+	writeFile(t, dir, "ab.yaml", two)
+	writeFile(t, dir, "c.yaml", svcYAML("c", "  clusterIP: 10.96.0.10\n  ports:\n  - port: 80\n"))
+	sync("a,b") // c conflicts with b
+
+	// The file breaks: a and b stay in force.
+	writeFile(t, dir, "ab.yaml", "apiVersion: v1\nkind: Service\nmetadata: [\n")
+	sync("a,b")
+	if !hasProblem(src, "ab.yaml:1: document 1: Service default/a: the last good version stays in force") {
+		t.Fatalf("problems %v", src.Problems())
+	}
+	// Fixed without b: b goes, and c, retried, now gets b's address.
+	writeFile(t, dir, "ab.yaml", svcYAML("a", "  ports:\n  - port: 80\n"))
+	sync("a,c")
+	if p := src.Problems(); len(p) != 0 {
+		t.Fatalf("problems after the fix: %v", p)
+	}
+	if e := src.st.inForce[objKey{Kind: KindService, Namespace: "default", Name: "c"}]; e.out.(*v1.Service).Spec.ClusterIP != "10.96.0.10" {
+		t.Fatalf("c's cluster IP %s", e.out.(*v1.Service).Spec.ClusterIP)
+	}
+	// A duplicate in a later file is an error until the first one goes.
+	writeFile(t, dir, "z.yaml", svcYAML("a", "  ports:\n  - port: 81\n"))
+	sync("a,c")
+	if !hasProblem(src, "z.yaml:1: document 1: Service default/a: metadata.name: Duplicate value") {
+		t.Fatalf("problems %v", src.Problems())
+	}
+	os.Remove(filepath.Join(dir, "ab.yaml"))
+	sync("a,c")
+	if e := src.st.inForce[objKey{Kind: KindService, Namespace: "default", Name: "a"}]; e.out.(*v1.Service).Spec.Ports[0].Port != 81 || len(src.Problems()) != 0 {
+		t.Fatalf("a from z.yaml: port %d, problems %v", e.out.(*v1.Service).Spec.Ports[0].Port, src.Problems())
+	}
+}

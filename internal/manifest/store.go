@@ -68,8 +68,14 @@ type store struct {
 	vopts validation.Options
 
 	files    map[string]*fileResult
+	byKey    map[objKey][]*object // every decoded object, by key, in file order
 	inForce  map[objKey]*entry
-	problems []Problem // of the last sync
+	keyProbs map[objKey][]Problem // problems of each key when it was last resolved
+	retry    map[objKey]bool      // resolved again on every sync: failed allocations, objects kept for a broken file
+	problems []Problem            // of the last sync
+	// svcSel indexes selector services by each of their selector pairs, per
+	// namespace, so that a pod change recomputes only the services it may match.
+	svcSel map[string]map[string]map[types.NamespacedName]struct{}
 
 	pods       map[string]*podIndex // namespace → index of in-force pods
 	nodeZones  map[string]string
@@ -83,7 +89,11 @@ func newStore(dir string, alloc *allocator.Allocator) *store {
 		dir:       dir,
 		alloc:     alloc,
 		files:     map[string]*fileResult{},
+		byKey:     map[objKey][]*object{},
 		inForce:   map[objKey]*entry{},
+		keyProbs:  map[objKey][]Problem{},
+		retry:     map[objKey]bool{},
+		svcSel:    map[string]map[string]map[types.NamespacedName]struct{}{},
 		pods:      map[string]*podIndex{},
 		nodeZones: map[string]string{},
 		selSlices: map[types.NamespacedName][]*discovery.EndpointSlice{},
@@ -98,9 +108,14 @@ func isManifest(name string) bool {
 	return false
 }
 
+// fileChange is a file that appeared, changed or went away (old or new is nil).
+type fileChange struct {
+	old, new *fileResult
+}
+
 // scan walks the directory and decodes the files that are new or changed. It
-// returns whether anything changed, and the directories seen (for the watcher).
-func (s *store) scan() (changed bool, dirs []string, err error) {
+// returns them, and the directories seen (for the watcher).
+func (s *store) scan() (changes []fileChange, dirs []string, err error) {
 	type job struct {
 		rel   string
 		path  string
@@ -147,16 +162,16 @@ func (s *store) scan() (changed bool, dirs []string, err error) {
 		return nil
 	})
 	if err != nil {
-		return false, nil, fmt.Errorf("read manifest directory: %w", err)
+		return nil, nil, fmt.Errorf("read manifest directory: %w", err)
 	}
-	for rel := range s.files {
+	for rel, old := range s.files {
 		if !seen[rel] {
 			delete(s.files, rel)
-			changed = true
+			changes = append(changes, fileChange{old: old})
 		}
 	}
 	if len(jobs) == 0 {
-		return changed, dirs, nil
+		return changes, dirs, nil
 	}
 	// Decode in parallel: YAML decoding dominates a large load.
 	var wg sync.WaitGroup
@@ -177,9 +192,10 @@ func (s *store) scan() (changed bool, dirs []string, err error) {
 	wg.Wait()
 	for _, j := range jobs {
 		j.res.stamp = j.stamp
+		changes = append(changes, fileChange{old: s.files[j.rel], new: j.res})
 		s.files[j.rel] = j.res
 	}
-	return true, dirs, nil
+	return changes, dirs, nil
 }
 
 func decodeFile(rel, path string, vopts validation.Options) *fileResult {
@@ -289,60 +305,50 @@ type change struct {
 	nodeSet  bool
 }
 
-// sync brings the objects in force up to date with the directory. initial is set
-// for the first sync of a process: allocations saved for services that are gone
-// are released before new services are allocated.
+// sync brings the objects in force up to date with the directory. Only the keys
+// of objects in changed files are looked at again (and services whose
+// allocation failed, since what they wanted may have been freed), so that one
+// edited pod costs the same with 100,000 others.
 func (s *store) sync(nodeName string) (*change, error) {
-	_, dirs, err := s.scan()
+	changes, dirs, err := s.scan()
 	if err != nil {
 		return nil, err
 	}
 	s.dirs = dirs
-	var problems []Problem
-	candidates := map[objKey]*object{}
-	where := map[objKey]*object{}
-	broken := map[string]bool{}
-	files := make([]string, 0, len(s.files))
-	for f := range s.files {
-		files = append(files, f)
+	touched := map[objKey]bool{}
+	for _, c := range changes {
+		if c.old != nil {
+			for _, o := range c.old.objects {
+				s.unlink(o)
+				touched[o.key] = true
+			}
+		}
+		if c.new != nil {
+			for _, o := range c.new.objects {
+				s.link(o)
+				touched[o.key] = true
+			}
+		}
 	}
-	slices.Sort(files)
-	for _, f := range files {
-		fr := s.files[f]
-		problems = append(problems, fr.problems...)
+	for k := range s.retry {
+		touched[k] = true
+	}
+	broken := map[string]bool{}
+	for f, fr := range s.files {
 		if fr.broken {
 			broken[f] = true
 		}
-		for _, o := range fr.objects {
-			if first, dup := where[o.key]; dup {
-				problems = append(problems, Problem{File: o.File, Doc: o.Doc, Item: o.Item, Line: o.Line,
-					Kind: o.key.Kind, Namespace: o.key.Namespace, Name: o.key.Name, Field: "metadata.name",
-					Message: fmt.Sprintf("Duplicate value: %q: already defined in %s (document %d)", o.key.Name, first.File, first.Doc)})
-				continue
-			}
-			where[o.key] = o
-			candidates[o.key] = o
-		}
 	}
 
-	// Keys to look at: every candidate and everything in force.
 	// Only services need an order (allocation is first come, first served, and
 	// "first" must be reproducible); sorting 100,000 pods would be wasted time.
-	keys := make([]objKey, 0, len(candidates)+len(s.inForce))
+	keys := make([]objKey, 0, len(touched))
 	var svcKeys []objKey
-	add := func(k objKey) {
+	for k := range touched {
 		if k.Kind == KindService {
 			svcKeys = append(svcKeys, k)
 		} else {
 			keys = append(keys, k)
-		}
-	}
-	for k := range candidates {
-		add(k)
-	}
-	for k := range s.inForce {
-		if _, ok := candidates[k]; !ok {
-			add(k)
 		}
 	}
 	slices.SortFunc(svcKeys, func(a, b objKey) int {
@@ -354,49 +360,74 @@ func (s *store) sync(nodeName string) (*change, error) {
 		// Services deleted while kproxy was down free their values; those of a file
 		// that fails to load keep them.
 		s.alloc.Prune(func(k types.NamespacedName, file string) bool {
-			_, ok := candidates[objKey{Kind: KindService, Namespace: k.Namespace, Name: k.Name}]
-			return ok || broken[file]
+			return len(s.byKey[objKey{Kind: KindService, Namespace: k.Namespace, Name: k.Name}]) > 0 || broken[file]
 		})
 	}
 
 	ch := &change{services: map[types.NamespacedName][2]*v1.Service{}, slices: map[types.NamespacedName][2]*discovery.EndpointSlice{}}
-	d := &delta{ch: ch, dirtyNS: map[string]bool{}, dirtySvc: map[types.NamespacedName]bool{}}
+	d := &delta{ch: ch, dirtySvc: map[types.NamespacedName]bool{}}
+	candidate := func(k objKey) (*object, []Problem) {
+		objs := s.byKey[k]
+		if len(objs) == 0 {
+			return nil, nil
+		}
+		var probs []Problem
+		for _, o := range objs[1:] {
+			probs = append(probs, Problem{File: o.File, Doc: o.Doc, Item: o.Item, Line: o.Line,
+				Kind: k.Kind, Namespace: k.Namespace, Name: k.Name, Field: "metadata.name",
+				Message: fmt.Sprintf("Duplicate value: %q: already defined in %s (document %d)", k.Name, objs[0].File, objs[0].Doc)})
+		}
+		return objs[0], probs
+	}
 
 	// Deletions first, so that what they free can be taken by this sync's additions.
 	for _, k := range keys {
 		cur, ok := s.inForce[k]
-		if !ok || candidates[k] != nil {
+		if !ok || len(s.byKey[k]) > 0 {
 			continue
 		}
+		delete(s.retry, k)
 		if _, stillThere := s.files[cur.src.File]; stillThere && broken[cur.src.File] {
-			problems = append(problems, retainedProblem(cur.src))
+			s.keyProbs[k] = []Problem{retainedProblem(cur.src)}
+			// Looked at again every sync: once the file is fixed without it, it goes.
+			s.retry[k] = true
 			continue
 		}
+		delete(s.keyProbs, k)
 		s.remove(k, cur, d)
 	}
 	for _, k := range keys {
-		cand := candidates[k]
+		cand, probs := candidate(k)
 		if cand == nil {
 			continue
 		}
+		delete(s.retry, k)
 		cur := s.inForce[k]
-		if cur != nil && cur.src == cand {
-			continue
-		}
-		out, errs := s.process(cand)
-		if len(errs) > 0 {
-			problems = append(problems, errs...)
-			if cur != nil {
-				problems = append(problems, retainedProblem(cur.src))
+		if cur == nil || cur.src != cand {
+			out, errs := s.process(cand)
+			if len(errs) > 0 {
+				probs = append(probs, errs...)
+				if cur != nil {
+					probs = append(probs, retainedProblem(cur.src))
+				}
+				if k.Kind == KindService && cand.problems == nil {
+					// An allocation conflict may be resolved by another service's change.
+					s.retry[k] = true
+				}
+			} else {
+				if cur != nil {
+					s.unindex(k, cur, d)
+				}
+				e := &entry{src: cand, out: out}
+				s.inForce[k] = e
+				s.index(k, e, cur, d)
 			}
-			continue
 		}
-		if cur != nil {
-			s.unindex(k, cur, d)
+		if len(probs) > 0 {
+			s.keyProbs[k] = probs
+		} else {
+			delete(s.keyProbs, k)
 		}
-		e := &entry{src: cand, out: out}
-		s.inForce[k] = e
-		s.index(k, e, cur, d)
 	}
 	s.initialled = true
 
@@ -405,16 +436,16 @@ func (s *store) sync(nodeName string) (*change, error) {
 	if d.nodes {
 		s.nodeZones = map[string]string{}
 		for k, e := range s.inForce {
-			if k.Kind == KindNode {
+			switch {
+			case k.Kind == KindNode:
 				n := e.out.(*v1.Node)
 				if z := n.Labels[v1.LabelTopologyZone]; z != "" {
 					s.nodeZones[n.Name] = z
 				}
+			case k.Kind == KindService && len(e.out.(*v1.Service).Spec.Selector) > 0:
+				// Zones feed every endpoint: recompute them all.
+				d.dirtySvc[types.NamespacedName{Namespace: k.Namespace, Name: k.Name}] = true
 			}
-		}
-		// Zones feed every endpoint: recompute them all.
-		for ns := range s.pods {
-			d.dirtyNS[ns] = true
 		}
 	}
 	if e := s.inForce[objKey{Kind: KindNode, Name: nodeName}]; e != nil {
@@ -422,11 +453,37 @@ func (s *store) sync(nodeName string) (*change, error) {
 	}
 	ch.node = [2]*v1.Node{nil, node}
 
-	s.recomputeSlices(ch, d.dirtyNS, d.dirtySvc)
+	s.recomputeSlices(ch, d.dirtySvc)
 
+	var problems []Problem
+	for _, fr := range s.files {
+		problems = append(problems, fr.problems...)
+	}
+	for _, ps := range s.keyProbs {
+		problems = append(problems, ps...)
+	}
 	sortProblems(problems)
 	s.problems = problems
 	return ch, nil
+}
+
+// link records a decoded object under its key, in file order: the first one is
+// the candidate, the others are duplicates.
+func (s *store) link(o *object) {
+	objs := append(s.byKey[o.key], o)
+	slices.SortStableFunc(objs, func(a, b *object) int {
+		return cmp.Or(cmp.Compare(a.File, b.File), cmp.Compare(a.Doc, b.Doc), cmp.Compare(a.Item, b.Item))
+	})
+	s.byKey[o.key] = objs
+}
+
+func (s *store) unlink(o *object) {
+	objs := slices.DeleteFunc(s.byKey[o.key], func(x *object) bool { return x == o })
+	if len(objs) == 0 {
+		delete(s.byKey, o.key)
+	} else {
+		s.byKey[o.key] = objs
+	}
 }
 
 func retainedProblem(o *object) Problem {
@@ -437,7 +494,8 @@ func retainedProblem(o *object) Problem {
 
 func sortProblems(ps []Problem) {
 	slices.SortStableFunc(ps, func(a, b Problem) int {
-		return cmp.Or(cmp.Compare(a.File, b.File), cmp.Compare(a.Doc, b.Doc), cmp.Compare(a.Item, b.Item), cmp.Compare(a.Line, b.Line))
+		return cmp.Or(cmp.Compare(a.File, b.File), cmp.Compare(a.Doc, b.Doc), cmp.Compare(a.Item, b.Item), cmp.Compare(a.Line, b.Line),
+			cmp.Compare(a.Field, b.Field), cmp.Compare(a.Message, b.Message))
 	})
 }
 
@@ -505,15 +563,14 @@ func (s *store) process(o *object) (any, []Problem) {
 	return out, nil
 }
 
-// remove takes an object out of force.
 // delta collects what one sync changed.
 type delta struct {
 	ch       *change
-	dirtyNS  map[string]bool               // namespaces whose pods changed
-	dirtySvc map[types.NamespacedName]bool // services that changed
+	dirtySvc map[types.NamespacedName]bool // services whose derived slices must be recomputed
 	nodes    bool                          // some Node changed
 }
 
+// remove takes an object out of force.
 func (s *store) remove(k objKey, cur *entry, d *delta) {
 	ch := d.ch
 	s.unindex(k, cur, d)
@@ -537,8 +594,11 @@ func (s *store) unindex(k objKey, cur *entry, d *delta) {
 		if ix := s.pods[k.Namespace]; ix != nil {
 			ix.remove(cur.out.(*podInfo))
 		}
-		d.dirtyNS[k.Namespace] = true
-	case KindService, KindEndpoints:
+		s.podServicesDirty(cur.out.(*podInfo), d)
+	case KindService:
+		s.selIndex(cur.out.(*v1.Service), false)
+		d.dirtySvc[types.NamespacedName{Namespace: k.Namespace, Name: k.Name}] = true
+	case KindEndpoints:
 		d.dirtySvc[types.NamespacedName{Namespace: k.Namespace, Name: k.Name}] = true
 	case KindNode:
 		d.nodes = true
@@ -557,8 +617,9 @@ func (s *store) index(k objKey, e *entry, prev *entry, d *delta) {
 			s.pods[k.Namespace] = ix
 		}
 		ix.add(e.out.(*podInfo))
-		d.dirtyNS[k.Namespace] = true
+		s.podServicesDirty(e.out.(*podInfo), d)
 	case KindService:
+		s.selIndex(e.out.(*v1.Service), true)
 		var old *v1.Service
 		if prev != nil {
 			old = prev.out.(*v1.Service)
@@ -582,21 +643,51 @@ func (s *store) index(k objKey, e *entry, prev *entry, d *delta) {
 	}
 }
 
-// recomputeSlices recomputes the derived slices (from pods, or mirrored from v1
-// Endpoints) of the services whose Service or Endpoints changed, and of every
-// selector service in a namespace whose pods changed.
-func (s *store) recomputeSlices(ch *change, dirtyNS map[string]bool, dirtySvc map[types.NamespacedName]bool) {
-	todo := map[types.NamespacedName]bool{}
-	for n := range dirtySvc {
-		todo[n] = true
+// selIndex adds a selector service to (or removes it from) svcSel.
+func (s *store) selIndex(svc *v1.Service, add bool) {
+	name := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+	byPair := s.svcSel[svc.Namespace]
+	if byPair == nil {
+		if !add {
+			return
+		}
+		byPair = map[string]map[types.NamespacedName]struct{}{}
+		s.svcSel[svc.Namespace] = byPair
 	}
-	if len(dirtyNS) > 0 {
-		for k, e := range s.inForce {
-			if k.Kind == KindService && dirtyNS[k.Namespace] && len(e.out.(*v1.Service).Spec.Selector) > 0 {
-				todo[types.NamespacedName{Namespace: k.Namespace, Name: k.Name}] = true
+	for k, v := range svc.Spec.Selector {
+		pair := labelKey(k, v)
+		set := byPair[pair]
+		switch {
+		case add && set == nil:
+			byPair[pair] = map[types.NamespacedName]struct{}{name: {}}
+		case add:
+			set[name] = struct{}{}
+		case set != nil:
+			delete(set, name)
+			if len(set) == 0 {
+				delete(byPair, pair)
 			}
 		}
 	}
+}
+
+// podServicesDirty marks the services whose selector may match pod: those
+// with a selector pair among its labels (recomputing checks the whole selector).
+func (s *store) podServicesDirty(pod *podInfo, d *delta) {
+	byPair := s.svcSel[pod.Namespace]
+	if len(byPair) == 0 {
+		return
+	}
+	for i := 0; i+1 < len(pod.Labels); i += 2 {
+		for name := range byPair[labelKey(pod.Labels[i], pod.Labels[i+1])] {
+			d.dirtySvc[name] = true
+		}
+	}
+}
+
+// recomputeSlices recomputes the derived slices (from pods, or mirrored from v1
+// Endpoints) of the given services.
+func (s *store) recomputeSlices(ch *change, todo map[types.NamespacedName]bool) {
 	zoneOf := func(node string) string { return s.nodeZones[node] }
 	names := make([]types.NamespacedName, 0, len(todo))
 	for name := range todo {
