@@ -157,6 +157,31 @@ func waitTCP(ctx context.Context, addr string) error {
 type target struct {
 	name  string
 	addrs []string // TCP/UDP addresses; the client rotates over them (direct) or uses one
+	pid   int      // the proxy process, for its CPU time; 0 for direct
+}
+
+// cpuTime is the user+system CPU time a process used so far, from /proc.
+func cpuTime(pid int) time.Duration {
+	if pid == 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command (which may hold spaces) start after the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	var ut, st int64
+	fmt.Sscan(f[11], &ut)
+	fmt.Sscan(f[12], &st)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
 }
 
 func bench(ctx context.Context, o options) error {
@@ -191,7 +216,7 @@ func bench(ctx context.Context, o options) error {
 	}
 	procs = append(procs, p)
 
-	targets := []target{{"direct", backends}, {"kproxy userspace", []string{kp}}}
+	targets := []target{{"direct", backends, 0}, {"kproxy userspace", []string{kp}, p.cmd.Process.Pid}}
 	if o.haproxy != "" {
 		hp := net.JoinHostPort(haproxyAddr, fmt.Sprint(benchPort))
 		dir, err := os.MkdirTemp("", "kproxy-bench-haproxy-")
@@ -208,7 +233,7 @@ func bench(ctx context.Context, o options) error {
 			return err
 		}
 		procs = append(procs, p)
-		targets = append(targets, target{"haproxy", []string{hp}})
+		targets = append(targets, target{"haproxy", []string{hp}, p.cmd.Process.Pid})
 	}
 	for _, b := range backends {
 		if err := waitTCP(ctx, b); err != nil {
@@ -245,9 +270,14 @@ func bench(ctx context.Context, o options) error {
 				continue
 			}
 			for i, t := range targets {
+				cpu0 := cpuTime(t.pid)
 				r, err := tc.run(ctx, t, o)
 				if err != nil {
 					return fmt.Errorf("%s via %s: %w", tc.name, t.name, err)
+				}
+				if t.pid != 0 {
+					fmt.Fprintf(os.Stderr, "  %-16s %-18s proxy CPU %.0f%% of one core\n", tc.key, t.name,
+						100*(cpuTime(t.pid)-cpu0).Seconds()/o.duration.Seconds())
 				}
 				res[i].merge(r)
 			}

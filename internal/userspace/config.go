@@ -41,6 +41,10 @@ type Config struct {
 	GracePeriod time.Duration
 	// BindRetryInterval is how often listeners that failed to bind are retried.
 	BindRetryInterval time.Duration
+	// BulkSocketBuffer is the receive buffer of the sending side and the send
+	// buffer of the receiving side of a TCP direction once it carries bulk
+	// data (it filled a 16 KiB read). 0 leaves the kernel's autotuning.
+	BulkSocketBuffer int
 	// AcceptLoops is the number of goroutines accepting on each TCP listener.
 	AcceptLoops int
 	// Logger receives the data plane's logs; nil means slog.Default() with a
@@ -60,6 +64,7 @@ func Defaults() Config {
 		MaxConnections:    100000,
 		GracePeriod:       10 * time.Second,
 		BindRetryInterval: 5 * time.Second,
+		BulkSocketBuffer:  256 << 10,
 		AcceptLoops:       1,
 	}
 }
@@ -85,6 +90,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxConnections < 0 {
 		errs = append(errs, fmt.Errorf("max connections must not be negative, got %d", c.MaxConnections))
+	}
+	if c.BulkSocketBuffer < 0 {
+		errs = append(errs, fmt.Errorf("bulk socket buffer must not be negative, got %d", c.BulkSocketBuffer))
 	}
 	if c.AcceptLoops < 1 {
 		errs = append(errs, fmt.Errorf("accept loops must be at least 1, got %d", c.AcceptLoops))

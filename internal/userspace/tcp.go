@@ -267,6 +267,15 @@ func (c *tcpConn) pipe(dst, src *net.TCPConn, idle time.Duration, epBytes *atomi
 				}
 				n = int64(m)
 				if m == len(buf) {
+					if size := c.p.cfg.BulkSocketBuffer; size > 0 {
+						// Fixed, moderate buffers beat the kernel's autotuning
+						// (up to tcp_rmem[2], 32 MiB here) for relayed bulk
+						// data: measured over loopback, splice through
+						// autotuned buffers moved 0.5 GB/s, through 256 KiB
+						// ones 0.8 GB/s (HAProxy: 0.7).
+						_ = src.SetReadBuffer(size)
+						_ = dst.SetWriteBuffer(size)
+					}
 					bulk = true
 					bufPool.Put(bp)
 					bp = nil
