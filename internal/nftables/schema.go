@@ -81,7 +81,7 @@ const (
 	setFirewallAllow = "firewall-allow" // LB frontend . allowed source range
 	backendsPrefix   = "backends-"      // backends-N: frontend . slot → endpoint, for N endpoints
 	verdictDrop      = "drop"
-	chainReject      = "reject"
+	chainReject      = "reject-chain" // "reject" alone is an nft keyword: "nft list chain ip kproxy reject" fails
 	affinitySetSize  = 1 << 16
 )
 

@@ -51,7 +51,7 @@ type State struct {
 	// Affinity holds the clients pinned to an endpoint (the kernel's dynamic sets).
 	Affinity      map[AffinityKey]AffinityEntry
 	Hairpin       map[netip.Addr]bool
-	NoEndpoints   map[Frontend]string // "reject" or "drop"
+	NoEndpoints   map[Frontend]string // "reject-chain" or "drop"
 	Firewall      map[Frontend]bool
 	FirewallAllow map[Frontend][]AddrRange
 }
