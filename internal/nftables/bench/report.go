@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 
 	"gonum.org/v1/plot"
@@ -29,15 +30,19 @@ type Report struct {
 // Print writes the tables.
 func (r *Report) Print(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "services×10\tmodel s\tcold sync s\tsame shape via nft -f s\tupstream shape via nft -f s\tone change p50 ms\tp90 ms\tmax ms\tfull resync s\tpeak RSS MiB\theap MiB\t")
+	fmt.Fprintln(tw, "services×10\tmodel s\tcold sync s (best)\tcold runs s\tsame shape via nft -f s (best)\tupstream shape via nft -f s\tone change p50 ms\tp90 ms\tmax ms\tfull resync s\tpeak RSS MiB\theap MiB\t")
 	for _, s := range r.Scale {
-		fmt.Fprintf(tw, "%d\t%.2f\t%.2f\t%s\t%s\t%.1f\t%.1f\t%.1f\t%.2f\t%.0f\t%.0f\t\n", s.N, s.ModelSec, s.ColdSec,
+		runs := make([]string, len(s.ColdRuns))
+		for i, c := range s.ColdRuns {
+			runs[i] = fmt.Sprintf("%.2f", c)
+		}
+		fmt.Fprintf(tw, "%d\t%.2f\t%.2f\t%s\t%s\t%s\t%.1f\t%.1f\t%.1f\t%.2f\t%.0f\t%.0f\t\n", s.N, s.ModelSec, s.ColdSec, strings.Join(runs, " "),
 			lookupPoint(r.Text, s.N), lookupPoint(r.Upstream, s.N),
 			median(s.ChangeMs), percentile(s.ChangeMs, 0.9), percentile(s.ChangeMs, 1), s.ResyncSec, s.RSSMiB, s.HeapMiB)
 	}
 	for _, u := range r.Upstream {
 		if !hasScale(r.Scale, u.N) {
-			fmt.Fprintf(tw, "%d\t\t\t\t%.2f\t\t\t\t\t\t\t\n", u.N, u.Sec)
+			fmt.Fprintf(tw, "%d\t\t\t\t\t%.2f\t\t\t\t\t\t\t\n", u.N, u.Sec)
 		}
 	}
 	tw.Flush()
