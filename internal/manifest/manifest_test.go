@@ -260,6 +260,17 @@ func TestIncrementalResolution(t *testing.T) {
 	if e := src.st.inForce[objKey{Kind: KindService, Namespace: "default", Name: "c"}]; e.out.(*v1.Service).Spec.ClusterIP != "10.96.0.10" {
 		t.Fatalf("c's cluster IP %s", e.out.(*v1.Service).Spec.ClusterIP)
 	}
+	// An invalid object's error goes away with its file.
+	writeFile(t, dir, "bad.yaml", svcYAML("bad", "  ports:\n  - port: 0\n"))
+	sync("a,c")
+	if !hasProblem(src, "bad.yaml:7") {
+		t.Fatalf("problems %v", src.Problems())
+	}
+	os.Remove(filepath.Join(dir, "bad.yaml"))
+	sync("a,c")
+	if p := src.Problems(); len(p) != 0 {
+		t.Fatalf("problems of a deleted file remain: %v", p)
+	}
 	// A duplicate in a later file is an error until the first one goes.
 	writeFile(t, dir, "z.yaml", svcYAML("a", "  ports:\n  - port: 81\n"))
 	sync("a,c")

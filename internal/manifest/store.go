@@ -382,11 +382,16 @@ func (s *store) sync(nodeName string) (*change, error) {
 
 	// Deletions first, so that what they free can be taken by this sync's additions.
 	for _, k := range keys {
-		cur, ok := s.inForce[k]
-		if !ok || len(s.byKey[k]) > 0 {
+		if len(s.byKey[k]) > 0 {
 			continue
 		}
 		delete(s.retry, k)
+		cur, ok := s.inForce[k]
+		if !ok {
+			// An object that never made it in force is gone, and its problems with it.
+			delete(s.keyProbs, k)
+			continue
+		}
 		if _, stillThere := s.files[cur.src.File]; stillThere && broken[cur.src.File] {
 			s.keyProbs[k] = []Problem{retainedProblem(cur.src)}
 			// Looked at again every sync: once the file is fixed without it, it goes.
