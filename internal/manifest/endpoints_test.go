@@ -186,3 +186,44 @@ subsets:
 		}
 	}
 }
+
+func TestNodesAndZones(t *testing.T) {
+	dir := t.TempDir()
+	node := func(name, zone, ip string) string {
+		return "apiVersion: v1\nkind: Node\nmetadata:\n  name: " + name + "\n  labels:\n    topology.kubernetes.io/zone: " + zone +
+			"\nstatus:\n  addresses:\n  - type: InternalIP\n    address: " + ip + "\n"
+	}
+	writeFile(t, dir, "nodes.yaml", node("node-1", "zone-a", "192.168.0.1")+"---\n"+node("node-2", "zone-b", "192.168.0.2"))
+	writeFile(t, dir, "svc.yaml", svcYAML("web", "  selector:\n    app: web\n  ports:\n  - name: http\n    port: 80\n    targetPort: http\n"))
+	writeFile(t, dir, "pods.yaml", strings.Replace(pod("web-1", "default", "web", "", httpPort, "  phase: Running\n  podIP: 10.244.0.11\n"+ready), "node-1", "node-2", 1))
+
+	tr := model.NewTracker("node-1", nil)
+	src, err := New(Config{Dir: dir, Ephemeral: true, NodeName: "node-1"}, tr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := src.syncOnce(nil); err != nil {
+		t.Fatal(err)
+	}
+	tr.OnServicesSynced()
+	tr.OnEndpointSlicesSynced()
+	tr.OnNodeSynced()
+	snap := tr.Snapshot()
+	if snap.Node.Zone != "zone-a" || len(snap.Node.Addresses) != 1 || snap.Node.Addresses[0].String() != "192.168.0.1" {
+		t.Fatalf("this node: %+v", snap.Node)
+	}
+	pv := snap.Ports[model.ServicePortName{NamespacedName: types.NamespacedName{Namespace: "default", Name: "web"}, Port: "http", Protocol: "TCP"}]
+	if pv == nil || len(pv.Endpoints) != 1 || pv.Endpoints[0].Zone != "zone-b" || pv.Endpoints[0].NodeName != "node-2" || pv.Endpoints[0].Local {
+		t.Fatalf("endpoint: %+v", pv)
+	}
+
+	// node-2 moves to zone-c: the endpoint follows.
+	writeFile(t, dir, "nodes.yaml", node("node-1", "zone-a", "192.168.0.1")+"---\n"+node("node-2", "zone-c", "192.168.0.2"))
+	if err := src.syncOnce(nil); err != nil {
+		t.Fatal(err)
+	}
+	pv = tr.Snapshot().Ports[pv.Name]
+	if pv.Endpoints[0].Zone != "zone-c" {
+		t.Fatalf("zone after the node change: %q", pv.Endpoints[0].Zone)
+	}
+}
