@@ -1,10 +1,12 @@
 package userspace
 
 import (
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	v1 "k8s.io/api/core/v1"
@@ -85,6 +87,15 @@ func TestServiceIPsOnLoopback(t *testing.T) {
 		}
 	}
 	check(map[string]bool{"10.96.4.1": true, "fd00:10:96::4": true, "10.96.4.9": true})
+	// IPv6 on a freshly raised lo can take a moment to route its addresses
+	// ("network is unreachable"); the listener itself is already bound.
+	eventually(t, 3*time.Second, func() error {
+		c, err := net.DialTimeout("tcp", "[fd00:10:96::4]:18080", time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
 	for target, want := range map[string]string{"10.96.4.1:18080": "backend-1", "[fd00:10:96::4]:18080": "backend-6", "10.96.4.9:18080": "backend-1"} {
 		if got := whoAnswers(t, "", target, 2); got[want] != 2 {
 			t.Fatalf("%s answered by %v, want %s", target, got, want)
