@@ -546,14 +546,24 @@ func measureThroughput(rt *runT) (ThroughputResult, error) {
 		return mbps, err
 	}
 	var res ThroughputResult
-	for round := 0; round < 5; round++ {
-		d, err := send(netip.AddrPortFrom(tb.server.V4, 9000))
+	for round := 0; round < 6; round++ {
+		// Alternate which path goes first, so that warm-up and neighbours' load
+		// do not favour one of them.
+		first, second := netip.AddrPortFrom(tb.server.V4, 9000), netip.AddrPortFrom(clusterIP(0), 80)
+		if round%2 == 1 {
+			first, second = second, first
+		}
+		a, err := send(first)
 		if err != nil {
 			return res, err
 		}
-		v, err := send(netip.AddrPortFrom(clusterIP(0), 80))
+		b, err := send(second)
 		if err != nil {
 			return res, err
+		}
+		d, v := a, b
+		if round%2 == 1 {
+			d, v = b, a
 		}
 		res.DirectMBps = append(res.DirectMBps, d)
 		res.DNATMBps = append(res.DNATMBps, v)
