@@ -544,6 +544,11 @@ func prepare(o *object, doc []byte, vopts validation.Options) {
 		}
 	}
 	// Only what is in force is kept: the decoded object is garbage from here on.
+	// podInfo copies what it keeps out of the Pod (strings are immutable), so the
+	// struct can be reused.
+	if pod, ok := o.obj.(*v1.Pod); ok {
+		podPool.Put(pod)
+	}
 	o.obj = nil
 	if len(errs) > 0 {
 		o.out = nil
