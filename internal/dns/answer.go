@@ -39,7 +39,9 @@ func (s *Server) answer(dst, req []byte, q *question, udp bool) ([]byte, int, ac
 		return s.respond(dst, req, q, 0, rcodeBadVers, nil, nil, limit), rcodeBadVers, actReply
 	}
 	idx := s.index.Load()
-	if q.qclass != classIN && q.qclass != classANY {
+	// Zone transfers are not offered (the zone is derived, not a file to copy),
+	// and other classes (CHAOS "version.bind") are not served.
+	if q.qclass != classIN && q.qclass != classANY || q.qtype == typeAXFR || q.qtype == typeIXFR {
 		return s.respond(dst, req, q, 0, rcodeRefused, nil, nil, limit), rcodeRefused, actReply
 	}
 	n, kind := idx.find(q)

@@ -126,6 +126,11 @@ func TestProtocol(t *testing.T) {
 					t.Errorf("rcode %s", mdns.RcodeToString[r.Rcode])
 				}
 			}},
+		{"AXFR: REFUSED", query("cluster.local.", mdns.TypeAXFR, nil), maxTCPSize, func(t *testing.T, r *mdns.Msg, _ action) {
+			if r.Rcode != mdns.RcodeRefused || len(r.Answer) != 0 {
+				t.Errorf("%v", r)
+			}
+		}},
 		{"RD copied, no RA without upstream, AA set", query(web, mdns.TypeA, nil), minUDPSize, func(t *testing.T, r *mdns.Msg, _ action) {
 			if !r.RecursionDesired || r.RecursionAvailable || !r.Authoritative || !r.Response {
 				t.Errorf("flags %v", r.MsgHdr)

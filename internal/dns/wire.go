@@ -19,6 +19,8 @@ const (
 	typeAAAA  = 28
 	typeSRV   = 33
 	typeOPT   = 41
+	typeIXFR  = 251
+	typeAXFR  = 252
 	typeANY   = 255
 
 	classIN  = 1
