@@ -104,3 +104,4 @@ ask() {
 
 ask echo "$ip" "$REQUESTS"
 ask echo-sticky "$sticky_ip" 10
+echo "kproxy's per-endpoint counters were at http://$ADMIN/debug/kproxy/stats (and /metrics) while it ran."

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"syscall"
@@ -84,6 +85,9 @@ func runProxy(args []string) int {
 	}
 	if n, err := strconv.Atoi(os.Getenv("KPROXY_BENCH_PROXY_PROCS")); err == nil && n > 0 {
 		runtime.GOMAXPROCS(n)
+	}
+	if n, err := strconv.Atoi(os.Getenv("KPROXY_BENCH_PROXY_GOGC")); err == nil {
+		debug.SetGCPercent(n)
 	}
 	p, err := userspace.New(cfg, nil)
 	if err != nil {

@@ -75,3 +75,7 @@ func (p *Proxier) Stats() []PortStats {
 	})
 	return out
 }
+
+// StatsJSON returns Stats for the admin endpoint, which looks for this method
+// on any data plane.
+func (p *Proxier) StatsJSON() any { return p.Stats() }
