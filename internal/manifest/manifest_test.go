@@ -283,3 +283,38 @@ func TestIncrementalResolution(t *testing.T) {
 		t.Fatalf("a from z.yaml: port %d, problems %v", e.out.(*v1.Service).Spec.Ports[0].Port, src.Problems())
 	}
 }
+
+// `kproxy get --manifests` without a running kproxy shows what `kproxy run`
+// will allocate: Load and Run pick the same values from the same state.
+func TestLoadPredictsRun(t *testing.T) {
+	dir, state := t.TempDir(), t.TempDir()
+	for i := range 20 {
+		writeFile(t, dir, fmt.Sprintf("s%d.yaml", i), svcYAML(fmt.Sprintf("svc-%d", i),
+			"  type: LoadBalancer\n  externalTrafficPolicy: Local\n  ports:\n  - port: 80\n"))
+	}
+	cfg := Config{Dir: dir}
+	cfg.Allocator.StateDir = state
+	predicted, err := Load(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(state, allocator.StateFileName)); err == nil {
+		t.Fatal("Load wrote the state")
+	}
+	src, err := New(cfg, nopHandler{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := src.syncOnce(nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range predicted.Services {
+		e := src.st.inForce[objKey{Kind: KindService, Namespace: p.Namespace, Name: p.Name}]
+		got := e.out.(*v1.Service)
+		if got.Spec.ClusterIP != p.Spec.ClusterIP || got.Spec.Ports[0].NodePort != p.Spec.Ports[0].NodePort ||
+			got.Spec.HealthCheckNodePort != p.Spec.HealthCheckNodePort {
+			t.Errorf("%s: run picked %s/%d/%d, Load predicted %s/%d/%d", p.Name, got.Spec.ClusterIP, got.Spec.Ports[0].NodePort,
+				got.Spec.HealthCheckNodePort, p.Spec.ClusterIP, p.Spec.Ports[0].NodePort, p.Spec.HealthCheckNodePort)
+		}
+	}
+}
