@@ -302,7 +302,6 @@ type change struct {
 	services map[types.NamespacedName][2]*v1.Service              // old, new (nil = absent)
 	slices   map[types.NamespacedName][2]*discovery.EndpointSlice // keyed by slice namespace/name
 	node     [2]*v1.Node
-	nodeSet  bool
 }
 
 // sync brings the objects in force up to date with the directory. Only the keys
