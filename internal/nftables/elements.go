@@ -92,6 +92,16 @@ func buildPort(cfg *Config, f family, pv *model.PortView) *contribution {
 		externals = append(externals, Frontend{Addr: f.zero(), Proto: proto, Port: uint16(pv.NodePort)})
 	}
 	for _, fe := range externals {
+		if pv.ExternalPolicyLocal && len(internal) > 0 {
+			// Pods and the node reaching an ETP Local frontend are not external
+			// clients: like kube-proxy, send them to the cluster-wide endpoints
+			// (the ClusterIP's), whether or not this node has a local one.
+			cl := class{n: len(internal), nodePort: fe.IsNodePort(), short: true}
+			c.add(mapFrontendsShort, Element{Key: enc(nil).frontend(fe), Verdict: cl.chain()})
+			for i, ep := range internal {
+				c.add(cl.setSpec().name, Element{Key: enc(nil).frontend(fe).slot(uint32(i)), Val: enc(nil).addrPort(ep.AddrPort())})
+			}
+		}
 		switch {
 		case len(external) > 0:
 			serve(fe, external)
@@ -178,7 +188,7 @@ func newStore() *store {
 }
 
 func (s *store) countChain(set string, e Element, delta int) {
-	if set != mapFrontends {
+	if set != mapFrontends && set != mapFrontendsShort {
 		return
 	}
 	if s.chainRefs[e.Verdict] += delta; s.chainRefs[e.Verdict] == 0 {

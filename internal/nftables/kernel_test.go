@@ -236,6 +236,30 @@ func TestKernelExternalTrafficPolicyLocal(t *testing.T) {
 	if !netnstest.IsTimeout(err) {
 		t.Errorf("ETP Local without a local endpoint: %v, want a timeout (dropped)", err)
 	}
+	// Pods and the node are not external clients: they reach every endpoint.
+	if seen := reach(t, b.pods[0].NS, "tcp", ap("192.168.100.1:30090"), 3); seen["poda"] != 3 {
+		t.Errorf("ETP Local NodePort from a pod: reached %v", seen)
+	}
+	// The tracer, over the state read back from the kernel, agrees.
+	states, err := b.p.States(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &Tracer{Config: b.p.Config(), LocalAddrs: b.node.Addrs()}
+	for _, st := range states {
+		if st.Family != v1.IPv4Protocol {
+			continue
+		}
+		for _, c := range []struct {
+			src  netip.Addr
+			want string
+		}{{b.pods[0].V4, "ACCEPT → 10.244.9.9:8080"}, {b.client.V4, "DROP"}} {
+			r := tr.Trace(st, Packet{Src: c.src, Proto: v1.ProtocolTCP, Dst: netip.MustParseAddr("192.168.100.1"), Port: 30091})
+			if r.String() != c.want {
+				t.Errorf("trace from %s to the remote-only ETP Local NodePort: %s, want %s (%v)", c.src, r, c.want, r.Steps)
+			}
+		}
+	}
 }
 
 func TestKernelLoadBalancerSourceRanges(t *testing.T) {

@@ -299,10 +299,9 @@ func (p *program) rules(chain string) [][]expr.Any {
 		case len(cfg.ClusterCIDRs) > 0:
 			rules = append(rules, []expr.Any{p.loadAddr(false, 1), lookup(setClusterIPs, 1, false), verdict(expr.VerdictJump, chainMasqCheck)})
 		}
-		rules = append(rules,
-			cat(p.loadFrontend(r(0), false), []expr.Any{lookup(setMasq, r(0), false)}, p.markMasq()),
-			cat(p.loadFrontend(r(0), false), []expr.Any{vmap(mapFrontends, r(0))}),
-		)
+		rules = append(rules, cat(p.loadFrontend(r(0), false), []expr.Any{lookup(setMasq, r(0), false)}, p.markMasq()))
+		rules = append(rules, p.shortCircuit(false)...)
+		rules = append(rules, cat(p.loadFrontend(r(0), false), []expr.Any{vmap(mapFrontends, r(0))}))
 		return append(rules, p.nodePortFilter(chainNodePorts)...)
 	case chainMasqCheck:
 		var rules [][]expr.Any
@@ -315,10 +314,9 @@ func (p *program) rules(chain string) [][]expr.Any {
 		if cfg.LocalhostNodePorts && p.f.addrSz == 4 {
 			rules = append(rules, cat(p.inPrefix(true, p.loopback(), expr.CmpOpEq), p.markMasq()))
 		}
-		return append(rules,
-			cat(p.loadFrontend(r(0), true), []expr.Any{lookup(setMasq, r(0), false)}, p.markMasq()),
-			cat(p.loadFrontend(r(0), true), []expr.Any{vmap(mapFrontends, r(0))}),
-		)
+		rules = append(rules, cat(p.loadFrontend(r(0), true), []expr.Any{lookup(setMasq, r(0), false)}, p.markMasq()))
+		rules = append(rules, p.shortCircuit(true)...)
+		return append(rules, cat(p.loadFrontend(r(0), true), []expr.Any{vmap(mapFrontends, r(0))}))
 	case chainFirewall:
 		return [][]expr.Any{cat(
 			p.loadFrontend(r(0), false),
@@ -362,13 +360,34 @@ func (p *program) rules(chain string) [][]expr.Any {
 // affinity: one rule, "dnat to frontend . numgen random mod n map @backends-n".
 func (p *program) classRules(c class) [][]expr.Any {
 	a := p.a
-	return [][]expr.Any{cat(
+	rules := [][]expr.Any{cat(
 		p.loadFrontend(r(0), c.nodePort),
 		[]expr.Any{
 			&expr.Numgen{Register: r(a + 2), Modulus: uint32(c.n), Type: unix.NFT_NG_RANDOM},
-			&expr.Lookup{SourceRegister: r(0), SetName: backendsSpec(c.n).name, DestRegister: r(0), IsDestRegSet: true},
+			&expr.Lookup{SourceRegister: r(0), SetName: c.setSpec().name, DestRegister: r(0), IsDestRegSet: true},
 			p.dnat(r(0)),
 		})}
+	if c.short {
+		// The node's own connections are masqueraded (the endpoint may be elsewhere).
+		rules = append([][]expr.Any{cat(fibLocalSource(), p.markMasq())}, rules...)
+	}
+	return rules
+}
+
+func fibLocalSource() []expr.Any {
+	return []expr.Any{
+		&expr.Fib{Register: 1, FlagSADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: native32(rtnLocal)},
+	}
+}
+
+// shortCircuit sends pods and the node to frontends-short (ETP Local frontends).
+func (p *program) shortCircuit(nodePort bool) [][]expr.Any {
+	rules := [][]expr.Any{cat(fibLocalSource(), p.loadFrontend(r(0), nodePort), []expr.Any{vmap(mapFrontendsShort, r(0))})}
+	for _, pre := range p.prefixes(p.cfg.ClusterCIDRs) {
+		rules = append(rules, cat(p.inPrefix(true, pre, expr.CmpOpEq), p.loadFrontend(r(0), nodePort), []expr.Any{vmap(mapFrontendsShort, r(0))}))
+	}
+	return rules
 }
 
 // affinityRules are the rules of an affinity frontend's chain: a client in an

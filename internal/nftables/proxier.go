@@ -360,7 +360,7 @@ func (p *Proxier) planFull(f family, t *Table, st *store, trusted bool) (*family
 	}
 	for c := range st.classes() {
 		wantChains[c.chain()] = true
-		s := backendsSpec(c.n)
+		s := c.setSpec()
 		wantSets[s.name] = s
 	}
 	ft.affinity = wantedAffinity(st)
@@ -546,7 +546,7 @@ func (p *Proxier) syncPartial(ctx context.Context, snap *model.Snapshot) (int, e
 		}
 		for c := range st.classes() {
 			wantChains[c.chain()] = true
-			wantSets[backendsSpec(c.n).name] = true
+			wantSets[c.setSpec().name] = true
 		}
 		for _, name := range sortedKeys(wantSets) {
 			if !p.sets[f][name] {

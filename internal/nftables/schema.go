@@ -68,21 +68,23 @@ func (f family) size(k field) int {
 
 // Set names. They never contain ':' (nft 1.0.6 cannot parse it in names).
 const (
-	setClusterIPs    = "cluster-ips"    // every cluster IP: traffic still addressed to one after DNAT is rejected
-	setMasq          = "masquerade"     // frontends whose traffic is always masqueraded
-	mapFrontends     = "frontends"      // frontend → goto the DNAT chain of its class
-	mapAffinityPick  = "affinity-pick"  // frontend . slot → goto the affinity endpoint chain
-	affChainPrefix   = "aff-"           // aff-<frontend>: pinned clients, else pick an endpoint
-	affEPChainPrefix = "affep-"         // affep-<frontend>-<endpoint>: remember the client, DNAT
-	affSetPrefix     = "affset-"        // affset-<frontend>-<endpoint>: dynamic set of pinned clients
-	setHairpin       = "hairpin"        // local endpoint . itself: a pod reaching itself, masqueraded
-	mapNoEndpoints   = "no-endpoints"   // frontend → goto reject | drop
-	setFirewall      = "firewall"       // load balancer frontends with source ranges
-	setFirewallAllow = "firewall-allow" // LB frontend . allowed source range
-	backendsPrefix   = "backends-"      // backends-N: frontend . slot → endpoint, for N endpoints
-	verdictDrop      = "drop"
-	chainReject      = "reject-chain" // "reject" alone is an nft keyword: "nft list chain ip kproxy reject" fails
-	affinitySetSize  = 1 << 16
+	setClusterIPs       = "cluster-ips"     // every cluster IP: traffic still addressed to one after DNAT is rejected
+	setMasq             = "masquerade"      // frontends whose traffic is always masqueraded
+	mapFrontends        = "frontends"       // frontend → goto the DNAT chain of its class
+	mapAffinityPick     = "affinity-pick"   // frontend . slot → goto the affinity endpoint chain
+	mapFrontendsShort   = "frontends-short" // ETP Local frontend → goto sdnat-N, for pods and the node
+	shortBackendsPrefix = "sbackends-"      // sbackends-N: their cluster-wide endpoints
+	affChainPrefix      = "aff-"            // aff-<frontend>: pinned clients, else pick an endpoint
+	affEPChainPrefix    = "affep-"          // affep-<frontend>-<endpoint>: remember the client, DNAT
+	affSetPrefix        = "affset-"         // affset-<frontend>-<endpoint>: dynamic set of pinned clients
+	setHairpin          = "hairpin"         // local endpoint . itself: a pod reaching itself, masqueraded
+	mapNoEndpoints      = "no-endpoints"    // frontend → goto reject | drop
+	setFirewall         = "firewall"        // load balancer frontends with source ranges
+	setFirewallAllow    = "firewall-allow"  // LB frontend . allowed source range
+	backendsPrefix      = "backends-"       // backends-N: frontend . slot → endpoint, for N endpoints
+	verdictDrop         = "drop"
+	chainReject         = "reject-chain" // "reject" alone is an nft keyword: "nft list chain ip kproxy reject" fails
+	affinitySetSize     = 1 << 16
 )
 
 // setSpec describes one named set or map.
@@ -123,6 +125,7 @@ var staticSets = []setSpec{
 	{name: setClusterIPs, key: []field{fAddr}},
 	{name: setMasq, key: frontendKey},
 	{name: mapFrontends, key: frontendKey, verdict: true},
+	{name: mapFrontendsShort, key: frontendKey, verdict: true},
 	{name: mapAffinityPick, key: []field{fAddr, fProto, fPort, fSlot}, verdict: true},
 	{name: setHairpin, key: []field{fAddr, fAddr}},
 	{name: mapNoEndpoints, key: frontendKey, verdict: true},
@@ -130,8 +133,15 @@ var staticSets = []setSpec{
 	{name: setFirewallAllow, key: []field{fAddr, fProto, fPort, fAddr}, interval: true},
 }
 
-func backendsSpec(n int) setSpec {
-	return setSpec{name: backendsPrefix + strconv.Itoa(n), key: []field{fAddr, fProto, fPort, fSlot}, data: []field{fAddr, fPort}}
+func backendsSpec(n int) setSpec { return class{n: n}.setSpec() }
+
+// setSpec is the map of a class's endpoints.
+func (c class) setSpec() setSpec {
+	p := backendsPrefix
+	if c.short {
+		p = shortBackendsPrefix
+	}
+	return setSpec{name: p + strconv.Itoa(c.n), key: []field{fAddr, fProto, fPort, fSlot}, data: []field{fAddr, fPort}}
 }
 
 // specFor returns the spec of a set kproxy owns, by name.
@@ -144,9 +154,17 @@ func specFor(name string) (setSpec, bool) {
 	if strings.HasPrefix(name, affSetPrefix) {
 		return affinitySetSpec(name), true
 	}
-	if n, ok := strings.CutPrefix(name, backendsPrefix); ok {
-		if v, err := strconv.Atoi(n); err == nil && v > 0 && strconv.Itoa(v) == n {
-			return backendsSpec(v), true
+	for _, short := range []bool{false, true} {
+		c := class{short: short}
+		prefix := backendsPrefix
+		if short {
+			prefix = shortBackendsPrefix
+		}
+		if n, ok := strings.CutPrefix(name, prefix); ok {
+			if v, err := strconv.Atoi(n); err == nil && v > 0 && strconv.Itoa(v) == n {
+				c.n = v
+				return c.setSpec(), true
+			}
 		}
 	}
 	return setSpec{}, false
@@ -200,12 +218,18 @@ func protoName(p uint8) string {
 type class struct {
 	n        int
 	nodePort bool
+	// short is the short-circuit of an externalTrafficPolicy Local frontend:
+	// traffic from pods and the node itself goes to the cluster-wide endpoints.
+	short bool
 }
 
 func (c class) chain() string {
 	p := ""
 	if c.nodePort {
 		p = "np-"
+	}
+	if c.short {
+		p += "s"
 	}
 	return fmt.Sprintf("%sdnat-%d", p, c.n)
 }
@@ -271,6 +295,10 @@ func parseClassChain(name string) (class, bool) {
 	var c class
 	if rest, ok := strings.CutPrefix(name, "np-"); ok {
 		c.nodePort = true
+		name = rest
+	}
+	if rest, ok := strings.CutPrefix(name, "s"); ok {
+		c.short = true
 		name = rest
 	}
 	if rest, ok := strings.CutPrefix(name, "dnat-"); ok {

@@ -44,8 +44,12 @@ type State struct {
 	Chains     map[string]bool
 	ClusterIPs map[netip.Addr]bool
 	Masquerade map[Frontend]bool
-	Frontends  map[Frontend]string                   // the chain the frontend dispatches to
-	Backends   map[int]map[Frontend][]netip.AddrPort // N → frontend → endpoint per slot
+	Frontends  map[Frontend]string // the chain the frontend dispatches to
+	// ShortFrontends are externalTrafficPolicy Local frontends as pods and the
+	// node reach them (cluster-wide endpoints), and ShortBackends their endpoints.
+	ShortFrontends map[Frontend]string
+	ShortBackends  map[int]map[Frontend][]netip.AddrPort
+	Backends       map[int]map[Frontend][]netip.AddrPort // N → frontend → endpoint per slot
 	// AffinityPick holds, per affinity frontend, its endpoints by slot.
 	AffinityPick map[Frontend][]netip.AddrPort
 	// Affinity holds the clients pinned to an endpoint (the kernel's dynamic sets).
@@ -80,6 +84,7 @@ func newState(f v1.IPFamily) *State {
 	return &State{
 		Family: f, Chains: map[string]bool{}, ClusterIPs: map[netip.Addr]bool{},
 		Masquerade: map[Frontend]bool{}, Frontends: map[Frontend]string{},
+		ShortFrontends: map[Frontend]string{}, ShortBackends: map[int]map[Frontend][]netip.AddrPort{},
 		Backends: map[int]map[Frontend][]netip.AddrPort{}, AffinityPick: map[Frontend][]netip.AddrPort{},
 		Affinity: map[AffinityKey]AffinityEntry{}, Hairpin: map[netip.Addr]bool{},
 		NoEndpoints: map[Frontend]string{}, Firewall: map[Frontend]bool{}, FirewallAllow: map[Frontend][]AddrRange{},
@@ -105,6 +110,8 @@ func (t *Table) Decode() (*State, error) {
 				st.Masquerade[k.frontend()] = true
 			case name == mapFrontends:
 				st.Frontends[k.frontend()] = e.Verdict
+			case name == mapFrontendsShort:
+				st.ShortFrontends[k.frontend()] = e.Verdict
 			case name == mapNoEndpoints:
 				st.NoEndpoints[k.frontend()] = e.Verdict
 			case name == setFirewall:
@@ -139,17 +146,21 @@ func (t *Table) Decode() (*State, error) {
 					continue
 				}
 				st.Affinity[AffinityKey{Client: k.addr(), Frontend: fe}] = AffinityEntry{Endpoint: ep}
-			case strings.HasPrefix(name, backendsPrefix):
-				n, err := strconv.Atoi(strings.TrimPrefix(name, backendsPrefix))
+			case strings.HasPrefix(name, backendsPrefix) || strings.HasPrefix(name, shortBackendsPrefix):
+				all, prefix := st.Backends, backendsPrefix
+				if strings.HasPrefix(name, shortBackendsPrefix) {
+					all, prefix = st.ShortBackends, shortBackendsPrefix
+				}
+				n, err := strconv.Atoi(strings.TrimPrefix(name, prefix))
 				if err != nil {
 					continue
 				}
 				fe := k.frontend()
 				slot := k.slot()
-				m := st.Backends[n]
+				m := all[n]
 				if m == nil {
 					m = map[Frontend][]netip.AddrPort{}
-					st.Backends[n] = m
+					all[n] = m
 				}
 				eps := m[fe]
 				if eps == nil {
@@ -285,11 +296,14 @@ func (tr *Tracer) Trace(st *State, p Packet) TraceResult {
 			mark = true
 		}
 	}
-	dnatFE, dispatched := Frontend{}, false
+	dnatFE, dispatched, short := Frontend{}, false, false
+	internalSrc := tr.isLocal(p.Src) || containsAddr(cfg.ClusterCIDRs, p.Src)
 	if st.Masquerade[fe] {
 		mark = true
 	}
-	if _, ok := st.Frontends[fe]; ok {
+	if _, ok := st.ShortFrontends[fe]; ok && internalSrc {
+		dnatFE, dispatched, short = fe, true, true
+	} else if _, ok := st.Frontends[fe]; ok {
 		dnatFE, dispatched = fe, true
 	} else if tr.nodePortAddr(p.Dst) {
 		np := Frontend{Addr: familyOf(st.Family).zero(), Proto: proto, Port: p.Port}
@@ -299,11 +313,25 @@ func (tr *Tracer) Trace(st *State, p Packet) TraceResult {
 		if st.Masquerade[np] {
 			mark = true
 		}
-		if _, ok := st.Frontends[np]; ok {
+		if _, ok := st.ShortFrontends[np]; ok && internalSrc {
+			dnatFE, dispatched, short = np, true, true
+		} else if _, ok := st.Frontends[np]; ok {
 			dnatFE, dispatched = np, true
 		}
 	}
-	if dispatched {
+	if short {
+		chain := st.ShortFrontends[dnatFE]
+		step("services: %s from inside the cluster → %s", dnatFE, chain)
+		cl, ok := parseClassChain(chain)
+		eps := st.ShortBackends[cl.n][dnatFE]
+		if tr.isLocal(p.Src) {
+			mark = true
+		}
+		if ok && st.Chains[chain] && len(eps) == cl.n && !slices.Contains(eps, netip.AddrPort{}) {
+			r.Endpoints = slices.Clone(eps)
+			slices.SortFunc(r.Endpoints, func(a, b netip.AddrPort) int { return a.Compare(b) })
+		}
+	} else if dispatched {
 		chain := st.Frontends[dnatFE]
 		step("services: %s → %s", dnatFE, chain)
 		cl, ok := parseClassChain(chain)
