@@ -216,6 +216,7 @@ func decodeDocument(d document) (objs []*object, probs []Problem, fatal bool) {
 			msg := strings.TrimPrefix(err.Error(), "error converting YAML to JSON: ")
 			msg = strings.Join(strings.Fields(strings.Replace(msg, "unmarshal errors:\n", "", 1)), " ")
 			p := Problem{File: d.File, Doc: d.Doc, Line: d.Line, Message: "invalid YAML: " + msg}
+			p.Kind, p.Namespace, p.Name = guessIdentity(d.data)
 			if m := yamlLine.FindStringSubmatchIndex(msg); m != nil {
 				n, _ := strconv.Atoi(msg[m[2]:m[3]])
 				p.Line = d.Line + n - 1
@@ -389,4 +390,49 @@ func decodeProblem(d document, j []byte, prefix string, err error, strict []erro
 		}
 	}
 	return p
+}
+
+// guessIdentity reads kind, metadata.namespace and metadata.name from the text of
+// a document the YAML decoder rejected, so that its error can still name the
+// object when those lines are intact.
+func guessIdentity(doc []byte) (kind, namespace, name string) {
+	inMeta := false
+	metaIndent := -1
+	for _, l := range strings.Split(string(doc), "\n") {
+		trimmed := strings.TrimLeft(l, " ")
+		indent := len(l) - len(trimmed)
+		value := func(key string) (string, bool) {
+			v, ok := strings.CutPrefix(trimmed, key+":")
+			if !ok {
+				return "", false
+			}
+			v, _, _ = strings.Cut(v, " #")
+			return strings.Trim(strings.TrimSpace(v), `"'`), true
+		}
+		switch {
+		case indent == 0 && trimmed != "" && trimmed[0] != '#':
+			inMeta = strings.HasPrefix(trimmed, "metadata:")
+			metaIndent = -1
+			if v, ok := value("kind"); ok && kind == "" {
+				kind = v
+			}
+		case inMeta && trimmed != "" && trimmed[0] != '#':
+			if metaIndent < 0 {
+				metaIndent = indent
+			}
+			if indent != metaIndent {
+				continue
+			}
+			if v, ok := value("name"); ok && name == "" {
+				name = v
+			}
+			if v, ok := value("namespace"); ok && namespace == "" {
+				namespace = v
+			}
+		}
+	}
+	if info, ok := kinds[kind]; ok && info.namespaced && namespace == "" && name != "" {
+		namespace = metav1.NamespaceDefault
+	}
+	return kind, namespace, name
 }
