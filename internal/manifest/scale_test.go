@@ -194,7 +194,12 @@ func scaleChild(t *testing.T, dir string) {
 		t.Fatal(err)
 	}
 	for {
-		pv := tr.Snapshot().Ports[target]
+		// Take a snapshot only when changes are pending, as the sync runner does:
+		// each one clones the service maps, which polling must not multiply.
+		if svcs, eps := tr.Pending(); svcs+eps > 0 {
+			tr.Snapshot()
+		}
+		pv := tr.Current().Ports[target]
 		if pv != nil && len(pv.Endpoints) > 0 && pv.Endpoints[len(pv.Endpoints)-1].IP.String() == "10.99.0.1" {
 			break
 		}
