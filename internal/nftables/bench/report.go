@@ -92,7 +92,7 @@ func (r *Report) Plot(path string) error {
 	p.Y.Label.Text = "seconds"
 	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
 	p.X.Tick.Marker, p.Y.Tick.Marker = plot.LogTicks{Prec: -1}, plot.LogTicks{Prec: -1}
-	p.Legend.Top, p.Legend.Left = true, true
+	p.Legend.Top, p.Legend.Left = false, false
 	var cold, resync plotter.XYs
 	for _, s := range r.Scale {
 		cold = append(cold, plotter.XY{X: float64(s.N), Y: s.ColdSec})
