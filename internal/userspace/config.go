@@ -33,8 +33,9 @@ type Config struct {
 	TCPIdleTimeout time.Duration
 	// UDPIdleTimeout ends a UDP flow that saw no packet either way for this long.
 	UDPIdleTimeout time.Duration
-	// MaxConnections caps the open TCP connections over all services; further
-	// clients are reset. 0 means no limit.
+	// MaxConnections caps the open TCP connections over all services (further
+	// clients are reset) and, separately, the UDP flows (further clients'
+	// datagrams are dropped until flows expire). 0 means no limit.
 	MaxConnections int
 	// GracePeriod is how long TCP connections to an endpoint that was deleted (or
 	// to a service that was deleted) keep running before they are closed.

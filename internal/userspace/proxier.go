@@ -46,6 +46,7 @@ type Proxier struct {
 	closed    bool
 
 	active  atomic.Int64 // open TCP connections, for cfg.MaxConnections
+	flows   atomic.Int64 // open UDP flows, for cfg.MaxConnections
 	workers workers
 	wg      sync.WaitGroup
 	done    chan struct{}
@@ -90,8 +91,8 @@ func newProxier(cfg Config, m *metrics.Metrics, addrs addrManager) *Proxier {
 		owned:     map[netip.Addr]bool{},
 		warned:    map[model.ServicePortName]bool{},
 		done:      make(chan struct{}),
-		workers:   workers{ch: make(chan func()), idle: 30 * time.Second},
 	}
+	p.workers = workers{ch: make(chan func()), idle: 30 * time.Second, done: p.done}
 	p.wg.Add(1)
 	go p.janitor()
 	return p

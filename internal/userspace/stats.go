@@ -40,7 +40,7 @@ func (p *Proxier) Stats() []PortStats {
 	// Sized up front: byPort points into it.
 	out := make([]PortStats, 0, len(p.ports))
 	for _, sp := range p.ports {
-		ps := PortStats{ServicePort: sp.label, Protocol: string(sp.proto), Listeners: []string{}}
+		ps := PortStats{ServicePort: sp.label, Protocol: string(sp.proto), Listeners: []string{}, Endpoints: []EndpointStats{}}
 		for _, err := range sp.bindErrs {
 			ps.BindErrors = append(ps.BindErrors, err.Error())
 		}

@@ -79,6 +79,9 @@ func (u *udpListener) newFlow(client netip.AddrPort) *udpFlow {
 	if !f.allowed(client.Addr()) {
 		return nil
 	}
+	if limit := p.cfg.MaxConnections; limit > 0 && p.flows.Load() >= int64(limit) {
+		return nil
+	}
 	fam := familyOf(u.l.key.addr.Addr())
 	var buf [4]*endpoint
 	tried := buf[:0]
@@ -107,6 +110,7 @@ func (u *udpListener) newFlow(client netip.AddrPort) *udpFlow {
 		u.flows[client] = fl
 		u.mu.Unlock()
 		ep.connOpened() // before track: abort undoes it
+		p.flows.Add(1)
 		if !f.sp.track(fl) {
 			fl.abort()
 			return nil
@@ -185,6 +189,7 @@ func (f *udpFlow) abort() {
 		u.mu.Unlock()
 		f.sp.untrack(f)
 		f.ep.connClosed()
+		u.p.flows.Add(-1)
 	})
 }
 

@@ -198,3 +198,21 @@ func TestIPv6(t *testing.T) {
 		}
 	})
 }
+
+func TestUDPFlowLimit(t *testing.T) {
+	cfg := testConfig()
+	cfg.MaxConnections = 1
+	cfg.UDPIdleTimeout = 300 * time.Millisecond
+	h := newHarness(t, cfg)
+	h.setService(udpService("127.10.4.122"))
+	h.setEndpoints("dns", v1.ProtocolUDP, udpBackend(t, "127.0.4.1:0", "backend-1"))
+	h.sync()
+	const svc = "127.10.4.122:18080"
+	newUDPClient(t, svc).mustAsk("first flow")
+	late := newUDPClient(t, svc)
+	if _, err := late.ask("over the limit"); !isTimeout(err) {
+		t.Fatalf("second flow over a limit of 1: err=%v, want no answer", err)
+	}
+	// The first flow has idled out by now (the ask above waited a second).
+	late.mustAsk("after the first flow expired")
+}

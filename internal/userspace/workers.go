@@ -10,6 +10,7 @@ import "time"
 type workers struct {
 	ch   chan func() // unbuffered: a send succeeds only if a worker waits
 	idle time.Duration
+	done <-chan struct{} // closed by Close: idle workers exit at once
 }
 
 func (w *workers) run(f func()) {
@@ -29,6 +30,8 @@ func (w *workers) loop(f func()) {
 		select {
 		case f = <-w.ch:
 		case <-t.C:
+			return
+		case <-w.done:
 			return
 		}
 	}
