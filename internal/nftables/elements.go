@@ -62,7 +62,7 @@ func buildPort(cfg *Config, f family, pv *model.PortView) *contribution {
 		}
 		cl := class{n: len(eps), nodePort: fe.IsNodePort()}
 		c.add(mapFrontends, Element{Key: enc(nil).frontend(fe), Verdict: cl.chain()})
-		set := backendsSpec(cl.n).name
+		set := cl.setSpec().name
 		for i, ep := range eps {
 			c.add(set, Element{Key: enc(nil).frontend(fe).slot(uint32(i)), Val: enc(nil).addrPort(ep.AddrPort())})
 		}

@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -160,13 +161,19 @@ func Cleanup(ctx context.Context, cfg Config) error {
 	return k.Remove(ctx, []family{ipv4, ipv6})
 }
 
-// Dump returns kproxy's tables as the kernel has them, sets decoded.
+// Dump returns kproxy's tables as the kernel has them, sets decoded. It holds
+// off syncs while it reads (one netlink socket), and reading large sets is
+// slow in the kernel (about a second at 10,000 services): it is for debugging.
 func (p *Proxier) Dump(ctx context.Context) (string, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	return p.k.Dump(ctx, p.fams)
 }
 
 // Tables reads kproxy's tables back from the kernel, one per family.
 func (p *Proxier) Tables(ctx context.Context) ([]*Table, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	var out []*Table
 	for _, f := range p.fams {
 		t, err := p.k.Read(ctx, f, true)
@@ -204,6 +211,9 @@ func (p *Proxier) Config() Config { return p.cfg }
 // periodic resync, after a failure); otherwise only snap.Changed is rewritten.
 // On error the previous rules stay in force and the next sync is full.
 func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, full bool) error {
+	if snap == nil {
+		return errors.New("nftables: sync without a snapshot")
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	start := time.Now()

@@ -133,8 +133,6 @@ var staticSets = []setSpec{
 	{name: setFirewallAllow, key: []field{fAddr, fProto, fPort, fAddr}, interval: true},
 }
 
-func backendsSpec(n int) setSpec { return class{n: n}.setSpec() }
-
 // setSpec is the map of a class's endpoints.
 func (c class) setSpec() setSpec {
 	p := backendsPrefix

@@ -2,7 +2,6 @@ package nftables
 
 import (
 	"fmt"
-	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -406,6 +405,3 @@ func containsAddr(ps []netip.Prefix, a netip.Addr) bool {
 	}
 	return false
 }
-
-// tableFromStores builds a Table from a store's kernel view (the fake uses it).
-func sortedSetNames(m map[string]*SetData) []string { return slices.Sorted(maps.Keys(m)) }

@@ -50,7 +50,7 @@ type ScaleResult struct {
 	N         int
 	ModelSec  float64   // building the model's snapshot
 	ColdSec   float64   // first full sync into an empty namespace
-	ResyncSec float64   // full resync of an unchanged model (reads the kernel back)
+	ResyncSec float64   // periodic full resync of an unchanged model (rules rewritten, elements diffed)
 	ChangeMs  []float64 // one service's endpoints changed: model change → kernel
 	RSSMiB    float64   // peak RSS of the process (model + data plane)
 	// ModelRSSMiB and ColdRSSMiB are the peak RSS after building the model and
