@@ -70,7 +70,7 @@ func newNFTables(_ context.Context, log *slog.Logger, cfg config.Config, m *metr
 		MasqueradeAll:      cfg.MasqueradeAll,
 		NodePortAddresses:  cfg.NodePortAddresses,
 		LocalhostNodePorts: cfg.LocalhostNodePorts,
-		Logger:             log.With("dataplane", "nftables"),
+		Logger:             log,
 	}, m)
 	if err != nil {
 		return nil, fmt.Errorf("nftables data plane: %w", err)

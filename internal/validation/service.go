@@ -87,6 +87,12 @@ func Service(svc *v1.Service, opts Options) field.ErrorList {
 		}
 	}
 
+	// The API server's strategy drops a stray externalName on update; a manifest
+	// that sets one on another type most likely meant type ExternalName, so say so.
+	if spec.Type != v1.ServiceTypeExternalName && spec.ExternalName != "" {
+		errs = append(errs, field.Forbidden(specPath.Child("externalName"), "may only be set when `type` is 'ExternalName'"))
+	}
+
 	portsPath := specPath.Child("ports")
 	names := sets.New[string]()
 	for i := range spec.Ports {

@@ -385,6 +385,13 @@ func TestService(t *testing.T) {
 			want: []string{"spec.externalName: Required value"},
 		},
 		{
+			name: "externalName only for ExternalName services",
+			svc: makeTestService("default", "web", func(s *v1.Service) {
+				s.Spec.ExternalName = "db.example.com"
+			}),
+			want: []string{"spec.externalName: Forbidden: may only be set when `type` is 'ExternalName'"},
+		},
+		{
 			name: "externalName is a DNS-1123 subdomain",
 			svc: makeTestService("default", "web", func(s *v1.Service) {
 				s.Spec.Type = v1.ServiceTypeExternalName
