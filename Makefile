@@ -34,5 +34,18 @@ lint:
 
 bench: bench-nftables bench-userspace bench-dns
 
+# Sync time, memory and connect latency at 1k/10k/30k services (root: it programs
+# the kernel in throwaway network namespaces); writes a PNG plot.
+bench-nftables: build
+	$(BIN)/kproxy-bench-nft
+
+# Throughput, request rate, latency and new connections: direct vs kproxy vs HAProxy.
+bench-userspace: build
+	$(BIN)/kproxy-bench
+
+# Queries per second and latency of the service DNS server.
+bench-dns: build
+	$(BIN)/kproxy-bench-dns -duration 10s
+
 clean:
 	rm -rf $(BIN)
