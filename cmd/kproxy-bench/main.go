@@ -4,6 +4,7 @@
 // keep-alive request/response rate and latency, new connections per second,
 // and UDP request/response rate and loss (kproxy against direct).
 //
+//	go run ./cmd/kproxy-bench            # builds kproxy-echo if it is not next to it or on PATH
 //	go build -o bin/ ./cmd/kproxy-echo ./cmd/kproxy-bench && bin/kproxy-bench
 //
 // The load generator runs in this process; kproxy (this binary re-executed
@@ -121,7 +122,10 @@ func (p *proc) stop() {
 	}
 }
 
-func findEcho(flagValue string) (string, error) {
+// findEcho finds kproxy-echo: the flag, next to this binary, on PATH, or else
+// built from this module's source into tmp (so that `go run ./cmd/kproxy-bench`
+// from the repository is the one command needed).
+func findEcho(flagValue, tmp string) (string, error) {
 	if flagValue != "" {
 		return flagValue, nil
 	}
@@ -131,11 +135,17 @@ func findEcho(flagValue string) (string, error) {
 			return p, nil
 		}
 	}
-	p, err := exec.LookPath("kproxy-echo")
-	if err != nil {
-		return "", fmt.Errorf("kproxy-echo not found (build it: go build -o bin/ ./cmd/kproxy-echo): %w", err)
+	if p, err := exec.LookPath("kproxy-echo"); err == nil {
+		return p, nil
 	}
-	return p, nil
+	out := filepath.Join(tmp, "kproxy-echo")
+	fmt.Fprintln(os.Stderr, "building kproxy-echo...")
+	cmd := exec.Command("go", "build", "-o", out, "github.com/kproxy/kproxy/cmd/kproxy-echo")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("kproxy-echo not found and building it failed (build it: go build -o bin/ ./cmd/kproxy-echo): %w", err)
+	}
+	return out, nil
 }
 
 // waitTCP waits until addr accepts connections.
@@ -185,7 +195,12 @@ func cpuTime(pid int) time.Duration {
 }
 
 func bench(ctx context.Context, o options) error {
-	echo, err := findEcho(o.echo)
+	tmp, err := os.MkdirTemp("", "kproxy-bench-")
+	if err != nil {
+		return fmt.Errorf("temp dir: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	echo, err := findEcho(o.echo, tmp)
 	if err != nil {
 		return err
 	}
@@ -219,12 +234,7 @@ func bench(ctx context.Context, o options) error {
 	targets := []target{{"direct", backends, 0}, {"kproxy userspace", []string{kp}, p.cmd.Process.Pid}}
 	if o.haproxy != "" {
 		hp := net.JoinHostPort(haproxyAddr, fmt.Sprint(benchPort))
-		dir, err := os.MkdirTemp("", "kproxy-bench-haproxy-")
-		if err != nil {
-			return fmt.Errorf("temp dir: %w", err)
-		}
-		defer os.RemoveAll(dir)
-		cfgPath := filepath.Join(dir, "haproxy.cfg")
+		cfgPath := filepath.Join(tmp, "haproxy.cfg")
 		if err := os.WriteFile(cfgPath, []byte(haproxyConfig(hp, backends, o.spliceAuto)), 0o644); err != nil {
 			return fmt.Errorf("write haproxy config: %w", err)
 		}
