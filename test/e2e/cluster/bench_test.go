@@ -20,15 +20,20 @@ package cluster_test
 //     kubeproxy_network_programming_duration_seconds for it;
 //   - memory: peak RSS of the proxy, and with its children (kube-proxy's nft).
 //
-// KPROXY_BENCH_LOGS=1 prints the end of each proxy's log.
+// KPROXY_BENCH_LOGS=1 prints the end of each proxy's log; KPROXY_BENCH_PPROF=DIR
+// saves kproxy's heap profile there after the run.
 //
 // IP plan: endpoints 10.128.0.0/9 (Population.EndpointIP), changed endpoints
 // 10.250.0.0/16; services from 10.96.0.0/16; the proxy's node "node-a" 192.168.10.1.
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -85,11 +90,12 @@ func BenchmarkVersusKubeProxy(b *testing.B) {
 	for _, name := range proxies {
 		results = append(results, runProxyBench(ctx, b, c, pop, name, &change))
 	}
-	b.Logf("\n%d services × %d endpoints\n%-12s %14s %16s %16s %12s %16s", services, endpoints,
-		"proxy", "start→synced", "change (metric)", "change (wall)", "peak RSS", "peak RSS+child")
+	// Printed, not logged: the testing package truncates benchmark logs.
+	fmt.Fprintf(os.Stderr, "\n%d services × %d endpoints\n%-12s %16s %16s %16s %12s %16s\n", services, endpoints,
+		"proxy", "start→programmed", "change (kernel)", "change (metric)", "peak RSS", "peak RSS+child")
 	for _, r := range results {
-		b.Logf("%-12s %14v %16v %16v %10.1fMB %14.1fMB", r.proxy, r.firstSync.Round(time.Millisecond),
-			r.changeMetric.Round(time.Millisecond), r.changeWall.Round(time.Millisecond),
+		fmt.Fprintf(os.Stderr, "%-12s %16v %16v %16v %10.1fMB %14.1fMB\n", r.proxy, r.firstSync.Round(time.Millisecond),
+			r.changeWall.Round(time.Millisecond), r.changeMetric.Round(time.Millisecond),
 			float64(r.peakRSS)/1e6, float64(r.peakWithChild)/1e6)
 	}
 }
@@ -113,7 +119,7 @@ func runProxyBench(ctx context.Context, b *testing.B, c *cluster.Cluster, pop cl
 		args = func(kubeconfig string) []string {
 			return []string{"run", "--kubeconfig=" + kubeconfig, "--proxy-mode=nftables", "--hostname-override=node-a",
 				"--cluster-cidr=10.244.0.0/16", "--metrics-bind-address=127.0.0.1:10249",
-				"--healthz-bind-address=127.0.0.1:10256"}
+				"--healthz-bind-address=127.0.0.1:10256", "--profiling=" + strconv.FormatBool(os.Getenv("KPROXY_BENCH_PPROF") != "")}
 		}
 	default:
 		b.Fatalf("unknown proxy %q", name)
@@ -155,7 +161,7 @@ func runProxyBench(ctx context.Context, b *testing.B, c *cluster.Cluster, pop cl
 	}
 	metricSync := p.waitFirstSync(ctx, b)
 	b.ReportMetric(r.firstSync.Seconds(), name+"-s-to-programmed")
-	b.Logf("%s: programmed (kernel probes) %v after start; its sync metric says %v", name, r.firstSync, metricSync)
+	fmt.Fprintf(os.Stderr, "%s: programmed (kernel probes) %v after start; its sync metric says %v\n", name, r.firstSync, metricSync)
 
 	// One service's endpoints replaced at a time, services spread over the range.
 	var metricLat, wallLat []time.Duration
@@ -213,13 +219,36 @@ func runProxyBench(ctx context.Context, b *testing.B, c *cluster.Cluster, pop cl
 	main, all, hwm := p.peaks()
 	r.peakRSS, r.peakWithChild = max(main, hwm), max(all, hwm)
 	b.ReportMetric(float64(r.peakRSS)/1e6, name+"-MB-peak-RSS")
-	b.Logf("%s: start→synced %v, change %v (wall %v), peak RSS %.1f MB (with children %.1f MB); all changes %v",
-		name, r.firstSync, r.changeMetric, r.changeWall, float64(r.peakRSS)/1e6, float64(r.peakWithChild)/1e6, metricLat)
+	fmt.Fprintf(os.Stderr, "%s: start→programmed %v, change %v in the kernel (its metric: %v), peak RSS %.1f MB (with children %.1f MB); changes: kernel %v metric %v\n",
+		name, r.firstSync, r.changeWall, r.changeMetric, float64(r.peakRSS)/1e6, float64(r.peakWithChild)/1e6, wallLat, metricLat)
+	if dir := os.Getenv("KPROXY_BENCH_PPROF"); dir != "" && name == "kproxy" {
+		saveProfile(ctx, b, p, filepath.Join(dir, "kproxy-heap.pprof"), "/debug/pprof/heap")
+	}
 	if os.Getenv("KPROXY_BENCH_LOGS") != "" {
-		b.Logf("==== %s log tail:\n%s", name, p.proc.LogTail())
+		fmt.Fprintf(os.Stderr, "==== %s log tail:\n%s\n", name, p.proc.LogTail())
 	}
 	p.stop(b)
 	return r
+}
+
+func saveProfile(ctx context.Context, b *testing.B, p *proxyRun, path, urlPath string) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:10249"+urlPath, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	resp, err := p.metrics.Do(req)
+	if err != nil {
+		b.Errorf("profile: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err == nil {
+		err = os.WriteFile(path, data, 0o644)
+	}
+	if err != nil {
+		b.Errorf("profile: %v", err)
+	}
 }
 
 // serviceVIP returns service i's cluster IP and port.
