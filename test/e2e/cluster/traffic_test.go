@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -304,4 +305,86 @@ func TestTwoNodes(t *testing.T) {
 			t.Errorf("%d requests to the cluster IP failed around the API server restart", n)
 		}
 	})
+	t.Run("kproxy describe service matches kubectl describe svc", func(t *testing.T) {
+		bin, err := kproxyBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		dual, single := corev1.IPFamilyPolicyPreferDualStack, corev1.IPFamilyPolicySingleStack
+		timeout := int32(600)
+		local := corev1.ServiceInternalTrafficPolicyLocal
+		td := corev1.ServiceTrafficDistributionPreferClose
+		for _, s := range []*corev1.Service{
+			{
+				ObjectMeta: metav1.ObjectMeta{Name: "dual", Labels: map[string]string{"tier": "web"},
+					Annotations: map[string]string{"example.com/owner": "kproxy"}},
+				Spec: corev1.ServiceSpec{
+					Selector: map[string]string{"app": "web"}, IPFamilyPolicy: &dual,
+					SessionAffinity:       corev1.ServiceAffinityClientIP,
+					SessionAffinityConfig: &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: &timeout}},
+					InternalTrafficPolicy: &local, TrafficDistribution: &td,
+					Ports: []corev1.ServicePort{
+						{Name: "http", Port: 80, TargetPort: intstr.FromString("http")},
+						{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP, TargetPort: intstr.FromInt32(5353)},
+					},
+				},
+			},
+			{
+				ObjectMeta: metav1.ObjectMeta{Name: "np"},
+				Spec: corev1.ServiceSpec{
+					Type: corev1.ServiceTypeNodePort, Selector: map[string]string{"app": "web"}, IPFamilyPolicy: &single,
+					ExternalIPs: []string{"192.168.200.10"},
+					Ports:       []corev1.ServicePort{{Port: 8080, TargetPort: intstr.FromInt32(8080)}},
+				},
+			},
+			{
+				ObjectMeta: metav1.ObjectMeta{Name: "headless"},
+				Spec: corev1.ServiceSpec{
+					ClusterIP: corev1.ClusterIPNone, Selector: map[string]string{"app": "web"},
+					Ports: []corev1.ServicePort{{Name: "http", Port: 80}},
+				},
+			},
+			{
+				ObjectMeta: metav1.ObjectMeta{Name: "ext"},
+				Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "example.org"},
+			},
+		} {
+			if _, err := c.Client.CoreV1().Services("default").Create(ctx, s, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, name := range []string{"web", "dual", "np", "headless", "ext"} {
+			t.Run(name, func(t *testing.T) {
+				var (
+					kp string
+					kc []byte
+				)
+				eventually(t, "describe outputs equal", func() error {
+					kc, err = c.Kubectl(ctx, "describe", "svc", name, "-n", "default")
+					if err != nil {
+						return err
+					}
+					kp, err = env.a.Exec(bin, "describe", "service", name, "-n", "default", "--admin-address=127.0.0.1:10249")
+					if err != nil {
+						return err
+					}
+					// Events are the cluster's (here the controller-manager's
+					// warnings while the API server was down): kproxy does not read
+					// Event objects (its RBAC cannot), so that section is left out.
+					if withoutEvents(kp) != withoutEvents(string(kc)) {
+						return fmt.Errorf("kproxy describe:\n%s\nkubectl describe:\n%s", kp, kc)
+					}
+					return nil
+				})
+			})
+		}
+	})
+}
+
+// withoutEvents cuts a describe output at its "Events:" line.
+func withoutEvents(s string) string {
+	if i := strings.Index(s, "\nEvents:"); i >= 0 {
+		return s[:i+1]
+	}
+	return s
 }
