@@ -463,3 +463,20 @@ func TestKernelNftListsTheRuleset(t *testing.T) {
 	}
 	t.Logf("%s", out)
 }
+
+func TestKernelProbeAndTrace(t *testing.T) {
+	b := newBed(t, 2, nil)
+	if err := Probe(Config{NetNSPath: b.node.Path()}); err != nil {
+		t.Fatalf("Probe as root: %v", err)
+	}
+	b.addService("web", clusterIP("10.96.0.10"), v1.ProtocolTCP, v1.IPv4Protocol, 0)
+	b.sync(true)
+	r, err := b.p.Trace(context.Background(), Packet{Src: b.pods[1].V4, Proto: v1.ProtocolTCP,
+		Dst: netip.MustParseAddr("10.96.0.10"), Port: 80}, b.node.Addrs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "ACCEPT → 10.244.0.2:8080"; r.String() != want {
+		t.Errorf("trace: %s, want %s", r, want)
+	}
+}

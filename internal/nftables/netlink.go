@@ -80,6 +80,8 @@ func (k *netlinkKernel) Close() error {
 	return err
 }
 
+func gnftFamily(f family) gnft.TableFamily { return tableFamily(f) }
+
 func tableFamily(f family) gnft.TableFamily {
 	if f.addrSz == 16 {
 		return gnft.TableFamilyIPv6

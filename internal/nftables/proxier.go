@@ -715,3 +715,51 @@ func staleFilters(pv *model.PortView, before, after []*model.Endpoint, fes []ctF
 	}
 	return out
 }
+
+// Trace reads the kernel's tables and runs a packet through them; localAddrs
+// are the node's addresses (what "fib daddr type local" matches).
+func (p *Proxier) Trace(ctx context.Context, pkt Packet, localAddrs []netip.Addr) (TraceResult, error) {
+	states, err := p.States(ctx)
+	if err != nil {
+		return TraceResult{}, err
+	}
+	tr := &Tracer{Config: p.cfg, LocalAddrs: localAddrs}
+	for _, st := range states {
+		if familyOf(st.Family).contains(pkt.Dst) {
+			return tr.Trace(st, pkt), nil
+		}
+	}
+	return TraceResult{}, fmt.Errorf("nftables: no %s table for %s", model.FamilyOf(pkt.Dst), pkt.Dst)
+}
+
+// UnavailableError says why the nftables data plane cannot run here.
+type UnavailableError struct{ Err error }
+
+func (e *UnavailableError) Error() string { return "nftables unavailable: " + e.Err.Error() }
+func (e *UnavailableError) Unwrap() error { return e.Err }
+
+// IsUnavailable reports whether err says the data plane cannot run here (the
+// caller may fall back to the userspace proxy).
+func IsUnavailable(err error) bool {
+	var ue *UnavailableError
+	return errors.As(err, &ue)
+}
+
+// Probe checks that kproxy can program nf_tables here: it opens the netlink
+// socket and lists the tables, which needs CAP_NET_ADMIN and nf_tables in the
+// kernel. It changes nothing.
+func Probe(cfg Config) error {
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("nftables config: %w", err)
+	}
+	k, err := newNetlinkKernel(&cfg)
+	if err != nil {
+		return &UnavailableError{Err: err}
+	}
+	defer k.Close()
+	if _, err := k.conn.ListTablesOfFamily(gnftFamily(ipv4)); err != nil {
+		return &UnavailableError{Err: fmt.Errorf("list nf_tables tables: %w", err)}
+	}
+	return nil
+}
