@@ -26,6 +26,8 @@ type Filter struct {
 	OrigDstPort uint16
 	// ReplySrc is the address replies come from: after DNAT, the endpoint.
 	ReplySrc netip.Addr
+	// IPv6 selects the IPv6 table when neither address says the family.
+	IPv6 bool
 }
 
 func (f Filter) String() string {
@@ -88,7 +90,7 @@ func (n *Netlink) Delete(filters []Filter) (int, error) {
 		if f.ReplySrc.IsValid() {
 			errs = append(errs, cf.AddIP(netlink.ConntrackReplySrcIP, net.IP(f.ReplySrc.AsSlice())))
 		}
-		is6 := (f.OrigDst.IsValid() && f.OrigDst.Is6()) || (f.ReplySrc.IsValid() && f.ReplySrc.Is6())
+		is6 := f.IPv6 || (f.OrigDst.IsValid() && f.OrigDst.Is6()) || (f.ReplySrc.IsValid() && f.ReplySrc.Is6())
 		if is6 {
 			v6 = append(v6, cf)
 		} else {

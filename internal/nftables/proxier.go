@@ -698,7 +698,13 @@ func staleFilters(pv *model.PortView, before, after []*model.Endpoint, fes []ctF
 	var out []conntrack.Filter
 	if len(before) == 0 && len(after) > 0 {
 		for _, fe := range fes {
-			out = append(out, conntrack.Filter{Proto: protoUDP, OrigDst: fe.addr, OrigDstPort: fe.port})
+			if fe.addr.IsValid() {
+				out = append(out, conntrack.Filter{Proto: protoUDP, OrigDst: fe.addr, OrigDstPort: fe.port})
+				continue
+			}
+			// A NodePort: any node address, both families.
+			out = append(out, conntrack.Filter{Proto: protoUDP, OrigDstPort: fe.port},
+				conntrack.Filter{Proto: protoUDP, OrigDstPort: fe.port, IPv6: true})
 		}
 		return out
 	}
