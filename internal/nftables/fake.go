@@ -248,12 +248,15 @@ func (k *Fake) SetAffinity(client netip.Addr, fe Frontend, ep netip.AddrPort) {
 		f = ipv6
 	}
 	t := k.tables[f]
-	a := &affinity{fe: fe}
-	if t == nil || t.sets[a.epSet(ep)] == nil {
+	if t == nil {
 		return
 	}
-	key := enc(nil).addr(client)
-	t.sets[a.epSet(ep)].elems[string(key)] = Element{Key: key}
+	for name, set := range t.sets {
+		if sfe, sep, _, ok := parseAffinitySet(f, name); ok && strings.HasPrefix(name, affSetPrefix) && sfe == fe && sep == ep {
+			key := enc(nil).addr(client)
+			set.elems[string(key)] = Element{Key: key}
+		}
+	}
 }
 
 // Close implements kernel.

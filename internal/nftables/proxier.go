@@ -497,8 +497,11 @@ func planAffinity(ft *familyTx, st *store) {
 				case !slices.Contains(h.endpoints, ep):
 					addEP(w, ep)
 				case w.timeout != h.timeout:
+					// New sets (the timeout is in their names); pins restart.
 					ft.flushChains = append(ft.flushChains, w.epChain(ep))
 					ft.ruleChains = append(ft.ruleChains, w.epChain(ep))
+					ft.newSets = append(ft.newSets, affinitySetSpec(w.epSet(ep)))
+					ft.delSets = append(ft.delSets, h.epSet(ep))
 				}
 			}
 			for _, ep := range h.endpoints {

@@ -76,7 +76,7 @@ const (
 	shortBackendsPrefix = "sbackends-"      // sbackends-N: their cluster-wide endpoints
 	affChainPrefix      = "aff-"            // aff-<frontend>: pinned clients, else pick an endpoint
 	affEPChainPrefix    = "affep-"          // affep-<frontend>-<endpoint>: remember the client, DNAT
-	affSetPrefix        = "affset-"         // affset-<frontend>-<endpoint>: dynamic set of pinned clients
+	affSetPrefix        = "affset-"         // affset-<timeout>-<frontend>-<endpoint>: dynamic set of pinned clients
 	setHairpin          = "hairpin"         // local endpoint . itself: a pod reaching itself, masqueraded
 	mapNoEndpoints      = "no-endpoints"    // frontend → goto reject | drop
 	setFirewall         = "firewall"        // load balancer frontends with source ranges
@@ -254,7 +254,23 @@ func (a *affinity) suffix(ep netip.AddrPort) string {
 }
 
 func (a *affinity) epChain(ep netip.AddrPort) string { return affEPChainPrefix + a.suffix(ep) }
-func (a *affinity) epSet(ep netip.AddrPort) string   { return affSetPrefix + a.suffix(ep) }
+
+// epSet names the endpoint's client set. The timeout is part of the name: a
+// new timeout makes new sets (the kernel cannot change a set's definition).
+func (a *affinity) epSet(ep netip.AddrPort) string {
+	return affSetPrefix + strconv.FormatInt(int64(a.timeout/time.Second), 10) + "-" + a.suffix(ep)
+}
+
+// parseAffinitySet decodes an affinity set's name.
+func parseAffinitySet(f family, name string) (Frontend, netip.AddrPort, time.Duration, bool) {
+	ts, rest, ok := strings.Cut(strings.TrimPrefix(name, affSetPrefix), "-")
+	t, err := strconv.ParseInt(ts, 10, 64)
+	if !ok || err != nil || t <= 0 {
+		return Frontend{}, netip.AddrPort{}, 0, false
+	}
+	fe, ep, ok := parseAffinityName(f, rest)
+	return fe, ep, time.Duration(t) * time.Second, ok
+}
 
 func (a *affinity) equal(b *affinity) bool {
 	return a.fe == b.fe && a.timeout == b.timeout && slices.Equal(a.endpoints, b.endpoints)

@@ -49,8 +49,13 @@ type State struct {
 	ShortFrontends map[Frontend]string
 	ShortBackends  map[int]map[Frontend][]netip.AddrPort
 	Backends       map[int]map[Frontend][]netip.AddrPort // N → frontend → endpoint per slot
-	// AffinityPick holds, per affinity frontend, its endpoints by slot.
-	AffinityPick map[Frontend][]netip.AddrPort
+	// AffinityPick holds, per affinity frontend, its endpoints by slot;
+	// AffinityTimeout its timeout; AffinityChains the name of its chain. For
+	// these frontends Frontends holds the class "[np-]aff-N-T" (N endpoints,
+	// T seconds), which names what they do rather than their own chain.
+	AffinityPick    map[Frontend][]netip.AddrPort
+	AffinityTimeout map[Frontend]time.Duration
+	AffinityChains  map[Frontend]string
 	// Affinity holds the clients pinned to an endpoint (the kernel's dynamic sets).
 	Affinity      map[AffinityKey]AffinityEntry
 	Hairpin       map[netip.Addr]bool
@@ -85,6 +90,7 @@ func newState(f v1.IPFamily) *State {
 		Masquerade: map[Frontend]bool{}, Frontends: map[Frontend]string{},
 		ShortFrontends: map[Frontend]string{}, ShortBackends: map[int]map[Frontend][]netip.AddrPort{},
 		Backends: map[int]map[Frontend][]netip.AddrPort{}, AffinityPick: map[Frontend][]netip.AddrPort{},
+		AffinityTimeout: map[Frontend]time.Duration{}, AffinityChains: map[Frontend]string{},
 		Affinity: map[AffinityKey]AffinityEntry{}, Hairpin: map[netip.Addr]bool{},
 		NoEndpoints: map[Frontend]string{}, Firewall: map[Frontend]bool{}, FirewallAllow: map[Frontend][]AddrRange{},
 	}
@@ -140,7 +146,7 @@ func (t *Table) Decode() (*State, error) {
 				eps[slot] = ep
 				st.AffinityPick[fe] = eps
 			case strings.HasPrefix(name, affSetPrefix):
-				fe, ep, ok := parseAffinityName(f, strings.TrimPrefix(name, affSetPrefix))
+				fe, ep, _, ok := parseAffinitySet(f, name)
 				if !ok {
 					continue
 				}
@@ -179,6 +185,24 @@ func (t *Table) Decode() (*State, error) {
 				return nil, fmt.Errorf("set %s value: %w", name, v.err)
 			}
 		}
+	}
+	// Affinity frontends: their timeout comes from their sets' names, and the
+	// frontends map shows their class.
+	for name := range t.Sets {
+		if fe, _, timeout, ok := parseAffinitySet(f, name); ok && strings.HasPrefix(name, affSetPrefix) {
+			st.AffinityTimeout[fe] = timeout
+		}
+	}
+	for fe, chain := range st.Frontends {
+		if !strings.HasPrefix(chain, affChainPrefix) {
+			continue
+		}
+		st.AffinityChains[fe] = chain
+		prefix := ""
+		if fe.IsNodePort() {
+			prefix = "np-"
+		}
+		st.Frontends[fe] = fmt.Sprintf("%saff-%d-%d", prefix, len(st.AffinityPick[fe]), int64(st.AffinityTimeout[fe]/time.Second))
 	}
 	return st, nil
 }
@@ -335,7 +359,8 @@ func (tr *Tracer) Trace(st *State, p Packet) TraceResult {
 		step("services: %s → %s", dnatFE, chain)
 		cl, ok := parseClassChain(chain)
 		eps := st.Backends[cl.n][dnatFE]
-		if strings.HasPrefix(chain, affChainPrefix) {
+		if real, isAff := st.AffinityChains[dnatFE]; isAff {
+			chain = real
 			eps, ok = st.AffinityPick[dnatFE], true
 			if a, pinned := st.Affinity[AffinityKey{Client: p.Src, Frontend: dnatFE}]; pinned && slices.Contains(eps, a.Endpoint) {
 				step("%s: affinity pins %s to %s", chain, p.Src, a.Endpoint)
