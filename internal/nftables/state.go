@@ -234,6 +234,12 @@ type TraceResult struct {
 	// empty when the packet is not DNATed.
 	Endpoints  []netip.AddrPort
 	Masquerade bool
+	// Frontend is the key the DNAT lookup matched (the unspecified address for
+	// a NodePort) and Chain the chain it dispatched to; Short is true when
+	// pods or the node took the ETP Local short-circuit (State.ShortFrontends).
+	Frontend Frontend
+	Chain    string
+	Short    bool
 	// Steps names the rules that decided, in order.
 	Steps []string
 }
@@ -342,8 +348,12 @@ func (tr *Tracer) Trace(st *State, p Packet) TraceResult {
 			dnatFE, dispatched = np, true
 		}
 	}
+	if dispatched {
+		r.Frontend, r.Short = dnatFE, short
+	}
 	if short {
 		chain := st.ShortFrontends[dnatFE]
+		r.Chain = chain
 		step("services: %s from inside the cluster → %s", dnatFE, chain)
 		cl, ok := parseClassChain(chain)
 		eps := st.ShortBackends[cl.n][dnatFE]
@@ -356,6 +366,7 @@ func (tr *Tracer) Trace(st *State, p Packet) TraceResult {
 		}
 	} else if dispatched {
 		chain := st.Frontends[dnatFE]
+		r.Chain = chain
 		step("services: %s → %s", dnatFE, chain)
 		cl, ok := parseClassChain(chain)
 		eps := st.Backends[cl.n][dnatFE]
