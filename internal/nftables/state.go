@@ -371,7 +371,7 @@ func (tr *Tracer) Trace(st *State, p Packet) TraceResult {
 		cl, ok := parseClassChain(chain)
 		eps := st.Backends[cl.n][dnatFE]
 		if real, isAff := st.AffinityChains[dnatFE]; isAff {
-			chain = real
+			chain, r.Chain = real, real
 			eps, ok = st.AffinityPick[dnatFE], true
 			if a, pinned := st.Affinity[AffinityKey{Client: p.Src, Frontend: dnatFE}]; pinned && slices.Contains(eps, a.Endpoint) {
 				step("%s: affinity pins %s to %s", chain, p.Src, a.Endpoint)
