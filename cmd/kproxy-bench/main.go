@@ -317,7 +317,39 @@ func bench(ctx context.Context, o options) error {
 		}
 	}
 	printTable(targets, results, udp, o)
+	if len(targets) > 2 && o.rounds > 1 {
+		printRatios(runs[1], runs[2])
+	}
 	return nil
+}
+
+// printRatios shows kproxy/HAProxy per round: on a shared machine the spread
+// says more than one ratio of medians.
+func printRatios(k, h []result) {
+	type ratio struct {
+		name string
+		f    func(r result) float64
+	}
+	fmt.Println()
+	fmt.Println("kproxy / haproxy per round (min median max):")
+	for _, r := range []ratio{
+		{"throughput", func(r result) float64 { return r.bulkGBps }},
+		{"keep-alive req/s", func(r result) float64 { return r.rrRate }},
+		{"p99", func(r result) float64 { return float64(r.p99) }},
+		{"new conn/s", func(r result) float64 { return r.connRate }},
+	} {
+		var v []float64
+		for i := range min(len(k), len(h)) {
+			if d := r.f(h[i]); d != 0 {
+				v = append(v, r.f(k[i])/d)
+			}
+		}
+		if len(v) == 0 {
+			continue
+		}
+		slices.Sort(v)
+		fmt.Printf("  %-17s %.2f %.2f %.2f\n", r.name, v[0], v[len(v)/2], v[len(v)-1])
+	}
 }
 
 func median[T any](xs []T, key func(T) float64) float64 {
