@@ -67,6 +67,8 @@ func Run(args []string) int {
 	upstream := fs.String("upstream-sizes", "1000", "service counts for the upstream-shaped ruleset via nft -f (10000 takes ~3 minutes)")
 	out := fs.String("out", "bench-nft.png", "PNG plot of sync time against service count")
 	perf := fs.Bool("traffic", true, "measure connect latency and DNAT throughput")
+	tpRounds := fs.Int("throughput-rounds", 12, "alternating throughput runs per path")
+	tpMiB := fs.Int("throughput-mib", 512, "MiB sent per throughput run")
 	repeat := fs.Int("repeat", 3, "runs per size; the table shows the best cold sync and all runs' changes (the machine is shared)")
 	child := fs.String("child", "", "internal: run one measurement (scale) and print JSON")
 	n := fs.Int("n", 0, "internal: service count for -child")
@@ -140,7 +142,7 @@ func Run(args []string) int {
 			return 1
 		}
 		rep.Latency = lat
-		tp, err := measureThroughput(rt)
+		tp, err := measureThroughput(rt, *tpRounds, *tpMiB)
 		rt.close()
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "kproxy-bench-nft: throughput:", err)
@@ -493,7 +495,7 @@ type ThroughputResult struct {
 // server pod: directly (routed) and through a ClusterIP (routed and DNATed), so
 // that the difference is the DNAT path alone. The client is inside the cluster
 // CIDRs here, so nothing is masqueraded.
-func measureThroughput(rt *runT) (ThroughputResult, error) {
+func measureThroughput(rt *runT, rounds, mib int) (ThroughputResult, error) {
 	tb, err := newTrafficBed(rt, netip.MustParsePrefix("192.168.100.0/24"))
 	if err != nil {
 		return ThroughputResult{}, err
@@ -525,7 +527,7 @@ func measureThroughput(rt *runT) (ThroughputResult, error) {
 		return ThroughputResult{}, err
 	}
 	send := func(dst netip.AddrPort) (float64, error) {
-		const total = 1 << 30
+		total := mib << 20
 		var mbps float64
 		err := client.Do(func() error {
 			c, err := net.Dial("tcp", dst.String())
@@ -540,13 +542,13 @@ func measureThroughput(rt *runT) (ThroughputResult, error) {
 					return err
 				}
 			}
-			mbps = total / (1 << 20) / time.Since(t0).Seconds()
+			mbps = float64(mib) / time.Since(t0).Seconds()
 			return nil
 		})
 		return mbps, err
 	}
 	var res ThroughputResult
-	for round := 0; round < 6; round++ {
+	for round := 0; round < rounds; round++ {
 		// Alternate which path goes first, so that warm-up and neighbours' load
 		// do not favour one of them.
 		first, second := netip.AddrPortFrom(tb.server.V4, 9000), netip.AddrPortFrom(clusterIP(0), 80)

@@ -60,7 +60,7 @@ func (r *Report) Print(w io.Writer) {
 	if t := r.Throughput; len(t.DirectMBps) > 0 {
 		d, v := median(t.DirectMBps), median(t.DNATMBps)
 		dm, vm := percentile(t.DirectMBps, 1), percentile(t.DNATMBps, 1)
-		fmt.Fprintf(w, "\nbulk TCP throughput client → node → pod, MiB/s (%d alternating runs of 1 GiB)\n", len(t.DirectMBps))
+		fmt.Fprintf(w, "\nbulk TCP throughput client → node → pod, MiB/s (%d alternating runs per path)\n", len(t.DirectMBps))
 		fmt.Fprintf(w, "  routed to the pod: median %.0f, best %.0f\n  through the ClusterIP (DNAT): median %.0f, best %.0f\n", d, dm, v, vm)
 		fmt.Fprintf(w, "  DNAT/direct: median %.1f%%, best %.1f%%\n", 100*v/d, 100*vm/dm)
 	}
