@@ -36,7 +36,6 @@ type Proxier struct {
 	ports    map[model.ServicePortName]*portRecord
 	chains   map[family]map[string]bool // chains the kernel has, after the last success
 	sets     map[family]map[string]bool
-	noLocal  map[family][2]int
 	needFull bool
 }
 
@@ -233,8 +232,9 @@ func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, full bool) err
 	d := time.Since(start)
 	if err != nil {
 		p.needFull = true
+		// The sync runner counts syncs, failures and latencies for every data
+		// plane; these two are nftables' own.
 		if p.m != nil {
-			p.m.SyncFailuresTotal.Inc()
 			p.m.NFTablesSyncFailuresTotal.Inc()
 			if IsTransactionError(err) {
 				p.m.IPTablesRestoreFailuresTotal.Inc()
@@ -244,51 +244,12 @@ func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, full bool) err
 		return err
 	}
 	p.needFull = false
-	p.m.ObserveSync(full, d)
-	if p.m != nil {
-		now := time.Now()
-		for _, t := range snap.TriggerTimes {
-			p.m.NetworkProgrammingLatency.Observe(now.Sub(t).Seconds())
-		}
-		p.recordNoLocal()
-	}
 	lvl := slog.LevelDebug
 	if full {
 		lvl = slog.LevelInfo
 	}
 	p.log.Log(ctx, lvl, "synced", "full", full, "ports", len(snap.Ports), "changed", changed, "took", d)
 	return nil
-}
-
-// noLocal counts, per family, the ports with a Local policy and no local
-// endpoint: [0] internal, [1] external.
-func noLocal(pv *model.PortView, f family) (n [2]int) {
-	local := len(model.ByFamily(pv.Local, f.v1)) == 0
-	if pv.InternalPolicyLocal && local {
-		n[0] = 1
-	}
-	if pv.ExternalPolicyLocal && local {
-		n[1] = 1
-	}
-	return n
-}
-
-func (p *Proxier) countNoLocal(pv *model.PortView, sign int) {
-	for _, f := range p.fams {
-		n := noLocal(pv, f)
-		c := p.noLocal[f]
-		c[0] += sign * n[0]
-		c[1] += sign * n[1]
-		p.noLocal[f] = c
-	}
-}
-
-func (p *Proxier) recordNoLocal() {
-	for _, f := range p.fams {
-		c := p.noLocal[f]
-		p.m.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues("internal", string(f.v1)).Set(float64(c[0]))
-		p.m.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues("external", string(f.v1)).Set(float64(c[1]))
-	}
 }
 
 func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, error) {
@@ -345,10 +306,7 @@ func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, erro
 		// next cycles; return it now so that peak RSS stays near one sync's worth.
 		debug.FreeOSMemory()
 	}
-	p.noLocal = map[family][2]int{}
-	for _, rec := range records {
-		p.countNoLocal(rec.pv, 1)
-	}
+
 	p.cleanupConntrack(old, records, nil)
 	return len(records), nil
 }
@@ -609,12 +567,6 @@ func (p *Proxier) syncPartial(ctx context.Context, snap *model.Snapshot) (int, e
 	old := map[model.ServicePortName]*portRecord{}
 	for name, rec := range records {
 		old[name] = p.ports[name]
-		if o := p.ports[name]; o != nil {
-			p.countNoLocal(o.pv, -1)
-		}
-		if rec != nil {
-			p.countNoLocal(rec.pv, 1)
-		}
 		if rec == nil {
 			delete(p.ports, name)
 		} else {
