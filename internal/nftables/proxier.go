@@ -244,11 +244,8 @@ func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, full bool) err
 		return err
 	}
 	p.needFull = false
-	lvl := slog.LevelDebug
-	if full {
-		lvl = slog.LevelInfo
-	}
-	p.log.Log(ctx, lvl, "synced", "full", full, "ports", len(snap.Ports), "changed", changed, "took", d)
+	// The runner logs one line per sync; this is the data plane's detail.
+	p.log.Debug("nftables synced", "full", full, "ports", len(snap.Ports), "changed", changed, "took", d)
 	return nil
 }
 
