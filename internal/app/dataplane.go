@@ -6,8 +6,6 @@ import (
 	"log/slog"
 	"os"
 
-	gnft "github.com/google/nftables"
-
 	"github.com/kproxy/kproxy/internal/config"
 	"github.com/kproxy/kproxy/internal/metrics"
 	"github.com/kproxy/kproxy/internal/nftables"
@@ -23,7 +21,7 @@ func chooseMode(cfg config.Config) (mode, why string) {
 	if os.Geteuid() != 0 {
 		return config.ModeUserspace, "not running as root, so the kernel's nftables cannot be programmed"
 	}
-	if err := nftablesAvailable(); err != nil {
+	if err := nftablesAvailable(cfg); err != nil {
 		return config.ModeUserspace, fmt.Sprintf("nftables is not usable here: %v", err)
 	}
 	return config.ModeNFTables, ""
@@ -50,16 +48,10 @@ func newDataplane(ctx context.Context, log *slog.Logger, cfg config.Config, mode
 	return nil, fmt.Errorf("unknown proxy mode %q", mode)
 }
 
-// nftablesAvailable asks the kernel, over netlink, to list its nftables tables:
-// that works only with nf_tables present and CAP_NET_ADMIN.
-func nftablesAvailable() error {
-	c, err := gnft.New()
-	if err != nil {
-		return err
-	}
-	defer c.CloseLasting()
-	_, err = c.ListTables()
-	return err
+// nftablesAvailable asks the kernel, over netlink, whether kproxy's tables can
+// be read and written here (nf_tables present, CAP_NET_ADMIN).
+func nftablesAvailable(cfg config.Config) error {
+	return nftables.Probe(nftables.Config{TableName: cfg.NFTablesTable, IPFamilies: familiesOf(cfg)})
 }
 
 func newNFTables(_ context.Context, log *slog.Logger, cfg config.Config, m *metrics.Metrics) (Dataplane, error) {
