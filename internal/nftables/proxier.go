@@ -240,7 +240,7 @@ func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, full bool) err
 				p.m.IPTablesRestoreFailuresTotal.Inc()
 			}
 		}
-		p.log.Error("sync failed; previous rules stay in force, next sync is full", "full", full, "err", err)
+		// The caller logs the error; the previous rules stay in force.
 		return err
 	}
 	p.needFull = false
