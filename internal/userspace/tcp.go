@@ -107,8 +107,8 @@ func (p *Proxier) serveTCP(l *listener, client *net.TCPConn) {
 		return
 	}
 	n := p.active.Add(1)
-	defer p.active.Add(-1)
 	if limit := p.cfg.MaxConnections; limit > 0 && n > int64(limit) {
+		p.active.Add(-1)
 		p.log.Debug("connection limit reached", "servicePort", sp.label, "limit", limit)
 		reset(client)
 		return
@@ -118,18 +118,37 @@ func (p *Proxier) serveTCP(l *listener, client *net.TCPConn) {
 	}
 	backend, ep := p.dialEndpoint(f, src, familyOf(l.key.addr.Addr()))
 	if backend == nil {
+		p.active.Add(-1)
 		reset(client)
 		return
 	}
-	c := &tcpConn{p: p, client: client, backend: backend, ep: ep}
+	c := &tcpConn{p: p, sp: sp, client: client, backend: backend, ep: ep}
+	ep.connOpened()
 	if !sp.track(c) {
-		c.close()
+		c.finished.Add(1)
+		c.finish()
 		return
 	}
-	ep.connOpened()
-	c.run(p.cfg.TCPIdleTimeout, sp)
-	ep.connClosed()
-	sp.untrack(c)
+	// One direction on another worker, the other on this one; whichever ends
+	// last closes the connection, so neither waits for the other.
+	idle := p.cfg.TCPIdleTimeout
+	p.workers.run(func() {
+		c.pipe(c.backend, c.client, idle, &ep.bytesIn, sp.bytesIn)
+		c.finish()
+	})
+	c.pipe(c.client, c.backend, idle, &ep.bytesOut, sp.bytesOut)
+	c.finish()
+}
+
+// finish is called when a direction ended; the second call closes the connection.
+func (c *tcpConn) finish() {
+	if c.finished.Add(1) < 2 {
+		return
+	}
+	c.close()
+	c.ep.connClosed()
+	c.sp.untrack(c)
+	c.p.active.Add(-1)
 }
 
 func addrOf(a net.Addr) netip.Addr {
@@ -177,16 +196,18 @@ func (p *Proxier) dialEndpoint(f *front, src netip.Addr, fam family) (*net.TCPCo
 // tcpConn is one proxied TCP connection.
 type tcpConn struct {
 	p               *Proxier
+	sp              *servicePort
 	client, backend *net.TCPConn
 	ep              *endpoint
 	aborted         atomic.Bool
 	ended           atomic.Int32 // directions that reached end of stream
+	finished        atomic.Int32 // directions whose copy loop returned
 }
 
 func (c *tcpConn) endpoint() *endpoint { return c.ep }
 
-// abort ends both copy loops by shutting both sockets down; run closes them
-// once both loops returned. It must not close them itself: Close waits until
+// abort ends both copy loops by shutting both sockets down; finish closes
+// them once both loops returned. It must not close them itself: Close waits until
 // no goroutine uses the socket, and a copy loop reading one socket may be
 // blocked writing to the other.
 func (c *tcpConn) abort() {
@@ -207,18 +228,6 @@ func (c *tcpConn) close() {
 	c.aborted.Store(true)
 	_ = c.client.Close()
 	_ = c.backend.Close()
-}
-
-// run copies both ways until both sides finished or one failed.
-func (c *tcpConn) run(idle time.Duration, sp *servicePort) {
-	done := make(chan struct{})
-	c.p.workers.run(func() {
-		c.pipe(c.backend, c.client, idle, &c.ep.bytesIn, sp.bytesIn)
-		close(done)
-	})
-	c.pipe(c.client, c.backend, idle, &c.ep.bytesOut, sp.bytesOut)
-	<-done
-	c.close()
 }
 
 // pipe copies src to dst, passes a half-close on, and ends the connection
