@@ -35,6 +35,7 @@ type Relay struct {
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
 	closed bool
+	paused bool
 }
 
 // RelayInto starts a relay inside the namespace at nsPath (for example
@@ -105,7 +106,7 @@ func (r *Relay) track(c net.Conn, add bool) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if add {
-		if r.closed {
+		if r.closed || r.paused {
 			return false
 		}
 		r.conns[c] = struct{}{}
@@ -126,7 +127,9 @@ func (r *Relay) pipe(in net.Conn) {
 		return
 	}
 	defer r.track(in, false)
-	r.track(out, true)
+	if !r.track(out, true) {
+		return
+	}
 	defer r.track(out, false)
 	done := make(chan struct{}, 2)
 	cp := func(dst, src net.Conn) {
@@ -150,6 +153,23 @@ func (r *Relay) Cut() {
 	for c := range r.conns {
 		c.Close()
 	}
+}
+
+// Pause cuts every relayed connection and drops new ones until Resume: from
+// inside the namespace the API server is unreachable (a network cut), while
+// it keeps running and accepting changes from others.
+func (r *Relay) Pause() {
+	r.mu.Lock()
+	r.paused = true
+	r.mu.Unlock()
+	r.Cut()
+}
+
+// Resume ends a Pause.
+func (r *Relay) Resume() {
+	r.mu.Lock()
+	r.paused = false
+	r.mu.Unlock()
 }
 
 // Close stops the relay and closes every relayed connection.

@@ -270,6 +270,8 @@ func TestTwoNodes(t *testing.T) {
 			t.Errorf("node b health: %d %v", code, err)
 		}
 	})
+	var podA2 *netnstest.Pod
+	parent := t
 	t.Run("API server restart: traffic flows, a change right after is programmed", func(t *testing.T) {
 		stop := make(chan struct{})
 		failures := make(chan int, 1)
@@ -294,8 +296,9 @@ func TestTwoNodes(t *testing.T) {
 			t.Fatal(err)
 		}
 		// pod-a comes back with a new address.
-		podA2 := env.a.AddPod(t, "pod-a2")
-		podA2.Serve(t, "pod-a2", 8080)
+		// Registered on the parent test: the pod must outlive this subtest.
+		podA2 = env.a.AddPod(parent, "pod-a2")
+		podA2.Serve(parent, "pod-a2", 8080)
 		if _, err := c.RunPod(ctx, webPod("pod-a2"), "node-a", podA2.V4); err != nil {
 			t.Fatal(err)
 		}
@@ -304,6 +307,39 @@ func TestTwoNodes(t *testing.T) {
 		if n := <-failures; n > 0 {
 			t.Errorf("%d requests to the cluster IP failed around the API server restart", n)
 		}
+	})
+	t.Run("network cut: rules stay, changes made meanwhile arrive after", func(t *testing.T) {
+		relay := env.proxies["node-b"].relay
+		relay.Pause()
+		defer relay.Resume()
+		time.Sleep(time.Second)
+		// A new pod while node b is cut off: node a follows, node b keeps its
+		// rules and its traffic, and catches up once the network is back.
+		podB2 := env.b.AddPod(t, "pod-b2")
+		podB2.Serve(t, "pod-b2", 8080)
+		if _, err := c.RunPod(ctx, webPod("pod-b2"), "node-b", podB2.V4); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the controller-manager publishes pod-b2", func() error {
+			slices, err := c.Client.DiscoveryV1().EndpointSlices("default").List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=web"})
+			if err != nil {
+				return err
+			}
+			for _, sl := range slices.Items {
+				for _, ep := range sl.Endpoints {
+					if slices2contains(ep.Addresses, podB2.V4.String()) {
+						return nil
+					}
+				}
+			}
+			return fmt.Errorf("pod-b2 not in the slices yet")
+		})
+		time.Sleep(2 * time.Second) // what a connected node b would need to follow
+		if err := wantPods(t, env.podB.NS, vip, "pod-a2", "pod-b")(); err != nil {
+			t.Fatalf("node b changed its rules while cut off: %v", err)
+		}
+		relay.Resume()
+		eventually(t, "node b catches up", wantPods(t, env.podB.NS, vip, "pod-a2", "pod-b", "pod-b2"))
 	})
 	t.Run("kproxy describe service matches kubectl describe svc", func(t *testing.T) {
 		bin, err := kproxyBinary()
@@ -388,3 +424,5 @@ func withoutEvents(s string) string {
 	}
 	return s
 }
+
+func slices2contains(ss []string, s string) bool { return slices.Contains(ss, s) }
