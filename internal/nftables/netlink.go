@@ -37,6 +37,24 @@ const socketBuffer = 256 << 20
 
 func newNetlinkKernel(cfg *Config) (*netlinkKernel, error) {
 	k := &netlinkKernel{cfg: cfg}
+	if cfg.NetNSPath != "" {
+		f, err := os.Open(cfg.NetNSPath)
+		if err != nil {
+			return nil, fmt.Errorf("open network namespace: %w", err)
+		}
+		k.nsfd = f
+	}
+	conn, err := k.dial()
+	if err != nil {
+		k.Close()
+		return nil, fmt.Errorf("netlink to nf_tables: %w", err)
+	}
+	k.conn = conn
+	return k, nil
+}
+
+// dial opens the lasting netlink socket to nf_tables.
+func (k *netlinkKernel) dial() (*gnft.Conn, error) {
 	opts := []gnft.ConnOption{gnft.AsLasting(), gnft.WithSockOptions(func(c *netlink.Conn) error {
 		rc, err := c.SyscallConn()
 		if err != nil {
@@ -52,21 +70,30 @@ func newNetlinkKernel(cfg *Config) (*netlinkKernel, error) {
 		}
 		return serr
 	})}
-	if cfg.NetNSPath != "" {
-		f, err := os.Open(cfg.NetNSPath)
-		if err != nil {
-			return nil, fmt.Errorf("open network namespace: %w", err)
-		}
-		k.nsfd = f
-		opts = append(opts, gnft.WithNetNSFd(int(f.Fd())))
+	if k.nsfd != nil {
+		opts = append(opts, gnft.WithNetNSFd(int(k.nsfd.Fd())))
 	}
-	conn, err := gnft.New(opts...)
-	if err != nil {
-		k.Close()
-		return nil, fmt.Errorf("netlink to nf_tables: %w", err)
+	return gnft.New(opts...)
+}
+
+// resetAfter replaces the socket when an operation failed. A request the kernel
+// refused (EPERM from a table someone else owns, ENOENT, a partial batch) can
+// leave unread replies queued on the socket; the next request would then read
+// them as its own and fail with "mismatched sequence" forever. A fresh socket
+// makes every retry start clean.
+func (k *netlinkKernel) resetAfter(err *error) {
+	if *err == nil {
+		return
+	}
+	conn, derr := k.dial()
+	if derr != nil {
+		// Keep the old socket: the next failure tries again.
+		return
+	}
+	if k.conn != nil {
+		_ = k.conn.CloseLasting()
 	}
 	k.conn = conn
-	return k, nil
 }
 
 func (k *netlinkKernel) Close() error {
@@ -173,7 +200,8 @@ func (k *netlinkKernel) chain(f family, name string) *gnft.Chain {
 	return c
 }
 
-func (k *netlinkKernel) Apply(_ context.Context, tx *transaction) error {
+func (k *netlinkKernel) Apply(_ context.Context, tx *transaction) (err error) {
+	defer k.resetAfter(&err)
 	c := k.conn
 	for _, ft := range tx.fams {
 		if ft.empty() {
@@ -265,7 +293,8 @@ func isNotExist(err error) bool {
 	return errors.Is(err, unix.ENOENT) || errors.Is(err, os.ErrNotExist)
 }
 
-func (k *netlinkKernel) Read(_ context.Context, f family, elements bool) (*Table, error) {
+func (k *netlinkKernel) Read(_ context.Context, f family, elements bool) (_ *Table, err error) {
+	defer k.resetAfter(&err)
 	t, err := k.conn.ListTableOfFamily(k.cfg.TableName, tableFamily(f))
 	if err != nil {
 		if isNotExist(err) {
@@ -354,7 +383,8 @@ func setFlags(s *gnft.Set) string {
 	return strings.Join(fl, ",")
 }
 
-func (k *netlinkKernel) Remove(_ context.Context, families []family) error {
+func (k *netlinkKernel) Remove(_ context.Context, families []family) (err error) {
+	defer k.resetAfter(&err)
 	n := 0
 	for _, f := range families {
 		if _, err := k.conn.ListTableOfFamily(k.cfg.TableName, tableFamily(f)); err != nil {
