@@ -1,10 +1,12 @@
 package userspace
 
 import (
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 	"time"
 
@@ -133,6 +135,71 @@ func TestNetlinkAddrsErrors(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			if err == nil {
 				t.Fatalf("%s on a missing device succeeded", name)
+			}
+		})
+	}
+}
+
+// fakeAddrs is an in-memory loopback device.
+type fakeAddrs struct {
+	mu   sync.Mutex
+	have map[netip.Addr]bool
+}
+
+func (f *fakeAddrs) List() (map[netip.Addr]bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.have), nil
+}
+
+func (f *fakeAddrs) Add(ip netip.Addr) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.have[ip] = true
+	return nil
+}
+
+func (f *fakeAddrs) Remove(ip netip.Addr) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.have, ip)
+	return nil
+}
+
+// TestServiceIPOwnership checks, without root, which addresses the proxier
+// adds and removes: cluster IPs that are not loopback addresses, never the
+// ones it found on the device.
+func TestServiceIPOwnership(t *testing.T) {
+	pre := netip.MustParseAddr("10.96.4.51")
+	fake := &fakeAddrs{have: map[netip.Addr]bool{pre: true}}
+	cfg := testConfig()
+	cfg.BindServiceIPs = true
+	h := newHarness(t, cfg)
+	h.p.Close() // replaced by one with the fake device
+	h.p = newProxier(cfg, nil, fake)
+	t.Cleanup(func() { h.p.Close() })
+
+	a := makeTestService("a", func(s *v1.Service) { s.Spec.ClusterIPs = []string{"10.96.4.50", "127.10.4.50"} })
+	b := makeTestService("b", func(s *v1.Service) { s.Spec.ClusterIPs = []string{pre.String()} })
+	h.setService(a)
+	h.setService(b)
+	h.sync()
+	tests := []struct {
+		name string
+		step func()
+		want map[string]bool
+	}{
+		{"added, loopback skipped", func() {}, map[string]bool{"10.96.4.50": true, "127.10.4.50": false, "10.96.4.51": true}},
+		{"service deleted", func() { h.deleteService(a); h.deleteService(b); h.sync() }, map[string]bool{"10.96.4.50": false, "10.96.4.51": true}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.step()
+			have, _ := fake.List()
+			for ip, want := range tc.want {
+				if have[netip.MustParseAddr(ip)] != want {
+					t.Fatalf("%s on the device: %v, want %v (device: %v)", ip, !want, want, have)
+				}
 			}
 		})
 	}
