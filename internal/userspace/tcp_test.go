@@ -411,3 +411,19 @@ func TestConnectionLimit(t *testing.T) {
 func portName(svc string, proto v1.Protocol) model.ServicePortName {
 	return model.ServicePortName{NamespacedName: types.NamespacedName{Namespace: testNS, Name: svc}, Port: "p", Protocol: proto}
 }
+
+func TestSCTPNotProxied(t *testing.T) {
+	h := newHarness(t, testConfig())
+	h.setService(makeTestService("mixed", func(s *v1.Service) {
+		s.Spec.ClusterIPs = []string{"127.10.4.140"}
+		s.Spec.Ports = append(s.Spec.Ports, v1.ServicePort{Name: "sctp", Port: 18081, Protocol: v1.ProtocolSCTP})
+	}))
+	h.setEndpoints("mixed", v1.ProtocolTCP, threeBackends(t)...)
+	h.sync()
+	if got := whoAnswers(t, "", "127.10.4.140:18080", 3); len(got) != 3 {
+		t.Fatalf("TCP port of a service that also has an SCTP port: %v", got)
+	}
+	if st := h.p.Stats(); len(st) != 1 || st[0].Protocol != "TCP" {
+		t.Fatalf("stats %+v, want the TCP port only", st)
+	}
+}
