@@ -42,8 +42,10 @@ type Proxier struct {
 	owned     map[netip.Addr]bool // service IPs kproxy added to the loopback device
 	nodeAddrs []netip.Addr
 	warned    map[model.ServicePortName]bool
-	synced    bool
-	closed    bool
+	// warnedNoNodeAddrs: the missing node addresses were logged once.
+	warnedNoNodeAddrs bool
+	synced            bool
+	closed            bool
 
 	active  atomic.Int64 // open TCP connections, for cfg.MaxConnections
 	flows   atomic.Int64 // open UDP flows, for cfg.MaxConnections
@@ -414,6 +416,11 @@ func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, full bool) err
 			p.ports[name] = sp
 		}
 		sp.update(pv, p.nodeAddrs)
+		if pv.NodePort != 0 && len(p.nodeAddrs) == 0 && !p.warnedNoNodeAddrs {
+			p.warnedNoNodeAddrs = true
+			p.log.Warn("node ports are not served: the node has no addresses and no node port addresses are configured",
+				"servicePort", name.String(), "nodePort", pv.NodePort)
+		}
 	}
 
 	// Addresses first, so that new listeners can bind them.
