@@ -148,6 +148,9 @@ func newValidateCommand() *cobra.Command {
 			if n := len(r.Errors()); n > 0 {
 				return &exitError{code: 1, err: fmt.Errorf("%s: %d error(s)", args[0], n)}
 			}
+			if len(r.Problems) == 0 && len(r.Services)+len(r.EndpointSlices)+len(r.Pods)+len(r.Nodes)+len(r.Namespaces) == 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: no Kubernetes objects in *.yaml, *.yml or *.json files under %s\n", args[0])
+			}
 			fmt.Fprintf(out, "%s: %d services, %d endpoint slices, %d pods: ok\n", args[0], len(r.Services), len(r.EndpointSlices), len(r.Pods))
 			return nil
 		},
