@@ -6,8 +6,9 @@ package kube_test
 //
 // IP plan:
 //   node-a  InternalIP 192.168.10.1, fd00:10::1   (the node kproxy runs on)
-//   node-b  InternalIP 192.168.10.2
-//   pods    10.244.0.0/24, fd00:10:244::/64 on node-a; 10.244.1.0/24 on node-b
+//   node-b  InternalIP 192.168.10.2                (no zone)
+//   node-c  InternalIP 192.168.10.3, zone-b        (node-a is zone-a)
+//   pods    10.244.0.0/24, fd00:10:244::/64 on node-a; 10.244.1.0/24 on node-b; 10.244.2.0/24 on node-c
 //   services from 10.96.0.0/16 and fd00:10:96::/112 (allocated by the API server)
 
 import (
@@ -258,6 +259,29 @@ func TestSourceFollowsRealCluster(t *testing.T) {
 			[]byte(`{"metadata":{"labels":{"`+kube.LabelServiceProxyName+`":null}}}`), metav1.PatchOptions{})
 		must(err)
 		waitEndpoints(t, tr, ns, "other", "http", "10.244.0.11:8080,local", "[fd00:10:244::11]:8080,local")
+	})
+	t.Run("trafficDistribution PreferClose: zone hints from the real controller", func(t *testing.T) {
+		_, err := c.CreateNode(ctx, cluster.NodeSpec{Name: "node-c", InternalIPs: addrs("192.168.10.3"),
+			Labels: map[string]string{corev1.LabelTopologyZone: "zone-b"}})
+		must(err)
+		td := corev1.ServiceTrafficDistributionPreferClose
+		_, err = c.Client.CoreV1().Services(ns).Create(ctx, makeService(ns, "zonal", func(s *corev1.Service) {
+			s.Spec.TrafficDistribution = &td
+		}), metav1.CreateOptions{})
+		must(err)
+		_, err = c.RunPod(ctx, makePod(ns, "zonal-a", "zonal"), "node-a", addrs("10.244.0.20")...)
+		must(err)
+		_, err = c.RunPod(ctx, makePod(ns, "zonal-c", "zonal"), "node-c", addrs("10.244.2.20")...)
+		must(err)
+		// node-a is in zone-a: only the zone-a endpoint serves cluster traffic from here.
+		waitSnapshot(t, tr, "zone-filtered cluster endpoints", func(s *model.Snapshot) bool {
+			pv := portView(s, ns, "zonal", "http")
+			if pv == nil || len(pv.Endpoints) != 2 {
+				return false
+			}
+			return len(pv.Cluster) == 1 && pv.Cluster[0].IP == netip.MustParseAddr("10.244.0.20") &&
+				slices.Equal(pv.Cluster[0].ZoneHints, []string{"zone-a"})
+		})
 	})
 	t.Run("managed fields are not cached", func(t *testing.T) {
 		snap := tr.Snapshot()
