@@ -37,7 +37,6 @@ func TestParseKubeProxyConfiguration(t *testing.T) {
 kind: KubeProxyConfiguration
 mode: nftables
 nftables: {masqueradeAll: true, syncPeriod: 30s, minSyncPeriod: 1s}
-conntrack: {maxPerCore: 32768, tcpBeLiberal: true}
 nodePortAddresses: [primary]
 hostnameOverride: node-a
 `,
@@ -51,8 +50,10 @@ hostnameOverride: node-a
 			name: "unsupported fields and values warn",
 			doc: `{"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
 "mode": "ipvs", "ipvs": {"scheduler": "rr", "strictARP": true}, "featureGates": {"Foo": true},
-"detectLocalMode": "InterfaceNamePrefix", "detectLocal": {"interfaceNamePrefix": "veth"}}`,
+"detectLocalMode": "InterfaceNamePrefix", "detectLocal": {"interfaceNamePrefix": "veth"},
+"conntrack": {"maxPerCore": 32768, "udpTimeout": "0s"}}`,
 			wantWarnings: []string{
+				"conntrack.maxPerCore is set but not supported by kproxy; ignored",
 				"detectLocal.interfaceNamePrefix is set but not supported by kproxy; ignored",
 				`detectLocalMode "InterfaceNamePrefix" is not supported by kproxy; ClusterCIDR is used`,
 				"featureGates.Foo: kproxy has no feature gates; ignored",
