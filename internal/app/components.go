@@ -67,11 +67,15 @@ func (h serviceHealth) Update(snap *model.Snapshot) {
 }
 
 func startComponents(ctx context.Context, log *slog.Logger, cfg config.Config, m *metrics.Metrics,
-	s *syncer, tracker *model.Tracker, families []v1.IPFamily) (*components, error) {
+	s *syncer, tracker *model.Tracker, families []v1.IPFamily, reach healthcheck.SourceStatus) (*components, error) {
 	comp := &components{}
 	var proxyHealth healthcheck.ProxyHealth
 	if cfg.HealthzBindAddress != "" {
-		hs := healthcheck.NewProxyHealthServer(cfg.HealthzBindAddress, 2*cfg.SyncPeriod, m, nil)
+		var opts []healthcheck.Option
+		if reach != nil {
+			opts = append(opts, healthcheck.WithSourceStatus(reach))
+		}
+		hs := healthcheck.NewProxyHealthServer(cfg.HealthzBindAddress, 2*cfg.SyncPeriod, m, nil, opts...)
 		errc := make(chan error, 1)
 		hctx, cancel := context.WithCancel(ctx)
 		go func() { errc <- hs.Run(hctx) }()

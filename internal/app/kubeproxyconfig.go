@@ -50,12 +50,10 @@ func applyKubeProxyConfiguration(path string, c *config.Config, fs *pflag.FlagSe
 	if kp.MetricsBindAddress != "" {
 		set("metrics-bind-address", func() { c.MetricsBindAddress = kp.MetricsBindAddress })
 	}
-	switch mode := string(kp.Mode); mode {
-	case "":
-	case config.ModeNFTables:
+	// The loader already warned about modes kproxy does not have (iptables, ipvs):
+	// those fall back to the automatic choice.
+	if kp.Mode == config.ModeNFTables {
 		set("proxy-mode", func() { c.Mode = config.ModeNFTables })
-	default:
-		warn(fmt.Sprintf("config %s: mode %q is not a kproxy mode; using nftables when available", path, mode))
 	}
 	parse("cluster-cidr", "clusterCIDR", kp.ClusterCIDR, c, func(c *config.Config, v string) (err error) {
 		c.ClusterCIDRs, err = config.ParseCIDRs(v)

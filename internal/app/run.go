@@ -215,16 +215,16 @@ func runProxy(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 			closers[i]()
 		}
 	}()
-	comp, err := startComponents(ctx, log, cfg, m, s, tracker, families)
-	if err != nil {
-		return err
-	}
-	closers = append(closers, comp.close)
-
 	src, err := newSource(ctx, log, cfg, tracker, m)
 	if err != nil {
 		return err
 	}
+
+	comp, err := startComponents(ctx, log, cfg, m, s, tracker, families, src.reachability())
+	if err != nil {
+		return err
+	}
+	closers = append(closers, comp.close)
 
 	if cfg.MetricsBindAddress != "" {
 		admin, err := newAdminServer(log, cfg.MetricsBindAddress, adminDeps{

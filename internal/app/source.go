@@ -3,8 +3,10 @@ package app
 import (
 	"context"
 	"log/slog"
+	"time"
 
 	"github.com/kproxy/kproxy/internal/config"
+	"github.com/kproxy/kproxy/internal/healthcheck"
 	"github.com/kproxy/kproxy/internal/kube"
 	"github.com/kproxy/kproxy/internal/metrics"
 	"github.com/kproxy/kproxy/internal/model"
@@ -15,12 +17,22 @@ type source interface {
 	run(ctx context.Context) error
 	// errors lists the current problems with the input (bad manifests), if any.
 	errors() []string
+	// reachability reports, for a remote source, whether it answers and when it
+	// last did; nil for a local one.
+	reachability() healthcheck.SourceStatus
 }
 
 type kubeSource struct{ s *kube.Source }
 
 func (k kubeSource) run(ctx context.Context) error { return k.s.Run(ctx) }
 func (k kubeSource) errors() []string              { return nil }
+
+func (k kubeSource) reachability() healthcheck.SourceStatus {
+	return func() (bool, time.Time) {
+		st := k.s.Status()
+		return st.Connected, st.LastContact
+	}
+}
 
 func newSource(ctx context.Context, log *slog.Logger, cfg config.Config, h model.Handler, m *metrics.Metrics) (source, error) {
 	if cfg.Standalone() {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/kproxy/kproxy/internal/allocator"
 	"github.com/kproxy/kproxy/internal/config"
+	"github.com/kproxy/kproxy/internal/healthcheck"
 	"github.com/kproxy/kproxy/internal/manifest"
 	"github.com/kproxy/kproxy/internal/metrics"
 	"github.com/kproxy/kproxy/internal/model"
@@ -27,6 +28,8 @@ func (m manifestSource) errors() []string {
 	}
 	return out
 }
+
+func (m manifestSource) reachability() healthcheck.SourceStatus { return nil }
 
 func manifestConfig(log *slog.Logger, cfg config.Config) manifest.Config {
 	return manifest.Config{

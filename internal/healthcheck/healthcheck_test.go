@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -69,10 +70,10 @@ type healthzBody struct {
 	NodeEligible *bool  `json:"nodeEligible"`
 }
 
-func startProxyHealth(t *testing.T, timeout time.Duration, m *metrics.Metrics) (*ProxyHealthServer, *fakeClock, string) {
+func startProxyHealth(t *testing.T, timeout time.Duration, m *metrics.Metrics, opts ...Option) (*ProxyHealthServer, *fakeClock, string) {
 	t.Helper()
 	clock := &fakeClock{now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
-	hs := NewProxyHealthServer("127.0.0.1:0", timeout, m, clock)
+	hs := NewProxyHealthServer("127.0.0.1:0", timeout, m, clock, opts...)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- hs.Run(ctx) }()
@@ -180,6 +181,36 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+func TestProxyHealthSourceUnreachable(t *testing.T) {
+	var mu sync.Mutex
+	connected, contact := true, time.Time{}
+	status := func() (bool, time.Time) { mu.Lock(); defer mu.Unlock(); return connected, contact }
+	hs, clock, base := startProxyHealth(t, time.Minute, nil, WithSourceStatus(status))
+	_ = hs
+	mu.Lock()
+	contact = clock.Now()
+	mu.Unlock()
+	checkHealth(t, base, "/healthz", http.StatusOK, nil)
+
+	mu.Lock()
+	connected = false
+	mu.Unlock()
+	clock.Step(30 * time.Second)
+	checkHealth(t, base, "/healthz", http.StatusOK, nil) // a short blip is tolerated
+	clock.Step(31 * time.Second)
+	_, body := get(t, base+"/healthz")
+	if !strings.Contains(string(body), `"sourceReachable": false`) {
+		t.Errorf("body %s does not say the source is unreachable", body)
+	}
+	checkHealth(t, base, "/healthz", http.StatusServiceUnavailable, nil)
+	checkHealth(t, base, "/livez", http.StatusOK, nil) // never restart kproxy for an API outage
+
+	mu.Lock()
+	connected, contact = true, clock.Now()
+	mu.Unlock()
+	checkHealth(t, base, "/healthz", http.StatusOK, nil)
 }
 
 func TestProxyHealthNodeFromTaint(t *testing.T) {

@@ -38,6 +38,20 @@ type Option func(*options)
 
 type options struct {
 	listen ListenFunc
+	source SourceStatus
+}
+
+// SourceStatus reports whether the source of the model (the API server) answers,
+// and when it last did.
+type SourceStatus func() (connected bool, lastContact time.Time)
+
+// WithSourceStatus makes /healthz fail when the source has been unreachable for
+// longer than the health timeout: the rules still work, but they can no longer
+// follow the cluster, so a load balancer should prefer other nodes. /livez
+// ignores it, so that a liveness probe never restarts kproxy (and never makes it
+// drop its state) for an outage of the API server.
+func WithSourceStatus(fn SourceStatus) Option {
+	return func(o *options) { o.source = fn }
 }
 
 // WithListen replaces the function that opens listeners.
@@ -72,6 +86,7 @@ type ProxyHealthServer struct {
 	metrics *metrics.Metrics
 	clock   Clock
 	listen  ListenFunc
+	source  SourceStatus
 
 	mu sync.RWMutex
 	// lastUpdated and oldestQueued are per IP family because each family is
@@ -101,6 +116,7 @@ func NewProxyHealthServer(addr string, timeout time.Duration, m *metrics.Metrics
 		metrics:      m,
 		clock:        clock,
 		listen:       o.listen,
+		source:       o.source,
 		lastUpdated:  map[v1.IPFamily]time.Time{},
 		oldestQueued: map[v1.IPFamily]time.Time{},
 		// Eligible until a Node event says otherwise: a node that is starting
@@ -202,6 +218,12 @@ func (hs *ProxyHealthServer) serveHealthz(w http.ResponseWriter, _ *http.Request
 	healthy, last := hs.health()
 	now := hs.clock.Now()
 	healthy = healthy && eligible
+	sourceOK := true
+	if hs.source != nil {
+		connected, contact := hs.source()
+		sourceOK = connected || now.Sub(contact) < hs.timeout
+		healthy = healthy && sourceOK
+	}
 	if healthy {
 		// kube-proxy reports "now" when healthy: older releases bumped
 		// lastUpdated on every sync loop, and probes rely on it being recent.
@@ -211,8 +233,13 @@ func (hs *ProxyHealthServer) serveHealthz(w http.ResponseWriter, _ *http.Request
 	if hs.metrics != nil {
 		hs.metrics.ProxyHealthzTotal.WithLabelValues(fmt.Sprint(code)).Inc()
 	}
-	fmt.Fprintf(w, `{"lastUpdated": %q,"currentTime": %q, "nodeEligible": %v}`,
-		timeString(last), timeString(now), eligible)
+	if hs.source == nil {
+		fmt.Fprintf(w, `{"lastUpdated": %q,"currentTime": %q, "nodeEligible": %v}`,
+			timeString(last), timeString(now), eligible)
+		return
+	}
+	fmt.Fprintf(w, `{"lastUpdated": %q,"currentTime": %q, "nodeEligible": %v, "sourceReachable": %v}`,
+		timeString(last), timeString(now), eligible, sourceOK)
 }
 
 func (hs *ProxyHealthServer) serveLivez(w http.ResponseWriter, _ *http.Request) {
