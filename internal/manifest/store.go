@@ -18,7 +18,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apivalidation "k8s.io/apimachinery/pkg/api/validation"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/kproxy/kproxy/internal/allocator"
@@ -768,45 +767,7 @@ func (s *store) recomputeSlices(ch *change, todo map[types.NamespacedName]bool) 
 // defaultService applies the API server's defaults for the fields kproxy reads,
 // in place: the object is the decoder's own.
 func defaultService(svc *v1.Service) *v1.Service {
-	spec := &svc.Spec
-	if spec.Type == "" {
-		spec.Type = v1.ServiceTypeClusterIP
-	}
-	if spec.SessionAffinity == "" {
-		spec.SessionAffinity = v1.ServiceAffinityNone
-	}
-	if spec.SessionAffinity == v1.ServiceAffinityClientIP {
-		if c := spec.SessionAffinityConfig; c == nil || c.ClientIP == nil || c.ClientIP.TimeoutSeconds == nil {
-			t := v1.DefaultClientIPServiceAffinitySeconds
-			spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: &t}}
-		}
-	}
-	for i := range spec.Ports {
-		p := &spec.Ports[i]
-		if p.Protocol == "" {
-			p.Protocol = v1.ProtocolTCP
-		}
-		if p.TargetPort == intstr.FromInt32(0) || p.TargetPort == intstr.FromString("") {
-			p.TargetPort = intstr.FromInt32(p.Port)
-		}
-	}
-	external := spec.Type == v1.ServiceTypeNodePort || spec.Type == v1.ServiceTypeLoadBalancer
-	if spec.ExternalTrafficPolicy == "" && (external || len(spec.ExternalIPs) > 0) {
-		spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyCluster
-	}
-	if spec.InternalTrafficPolicy == nil && spec.Type != v1.ServiceTypeExternalName {
-		p := v1.ServiceInternalTrafficPolicyCluster
-		spec.InternalTrafficPolicy = &p
-	}
-	if spec.Type == v1.ServiceTypeLoadBalancer && spec.AllocateLoadBalancerNodePorts == nil {
-		t := true
-		spec.AllocateLoadBalancerNodePorts = &t
-	}
-	if len(spec.ClusterIPs) == 0 && spec.ClusterIP != "" {
-		spec.ClusterIPs = []string{spec.ClusterIP}
-	} else if spec.ClusterIP == "" && len(spec.ClusterIPs) > 0 {
-		spec.ClusterIP = spec.ClusterIPs[0]
-	}
+	validation.SetServiceDefaults(svc)
 	return svc
 }
 

@@ -467,11 +467,18 @@ func loadBalancerStatus(svc *v1.Service, opts Options) field.ErrorList {
 	return errs
 }
 
-// defaultedService returns a copy of svc with kube-apiserver's defaults applied
-// (SetDefaults_Service and the registry's clusterIP/clusterIPs normalisation), so
-// that validation sees what the API server would validate.
+// defaultedService returns a copy of svc with the API server's defaults applied,
+// so that validation sees what the API server would validate.
 func defaultedService(in *v1.Service) *v1.Service {
 	svc := in.DeepCopy()
+	SetServiceDefaults(svc)
+	return svc
+}
+
+// SetServiceDefaults applies kube-apiserver's defaults (SetDefaults_Service and
+// the registry's clusterIP/clusterIPs normalisation) to svc in place, for the
+// fields kproxy reads.
+func SetServiceDefaults(svc *v1.Service) {
 	spec := &svc.Spec
 	if spec.Type == "" {
 		spec.Type = v1.ServiceTypeClusterIP
@@ -519,5 +526,4 @@ func defaultedService(in *v1.Service) *v1.Service {
 			ing.IPMode = &m
 		}
 	}
-	return svc
 }
