@@ -1,0 +1,109 @@
+package app
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/kproxy/kproxy/internal/config"
+)
+
+const kubeProxyConfig = `apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: nftables
+clusterCIDR: 10.244.0.0/16,fd00:10:244::/56
+nodePortAddresses: ["192.168.100.0/24"]
+healthzBindAddress: 0.0.0.0:20256
+metricsBindAddress: 127.0.0.1:20249
+hostnameOverride: node-a
+clientConnection:
+  kubeconfig: /var/lib/kproxy/kubeconfig
+  qps: 50
+  burst: 100
+nftables:
+  masqueradeAll: true
+  syncPeriod: 45s
+  minSyncPeriod: 2s
+ipvs:
+  scheduler: rr
+`
+
+func TestKubeProxyConfigurationFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(kubeProxyConfig), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		flags []string
+		check func(t *testing.T, c config.Config)
+	}{
+		{"the file's fields carry over", nil, func(t *testing.T, c config.Config) {
+			if c.Mode != config.ModeNFTables || !c.MasqueradeAll || c.SyncPeriod != 45*time.Second ||
+				c.MinSyncPeriod != 2*time.Second || c.HostnameOverride != "node-a" ||
+				c.Kubeconfig != "/var/lib/kproxy/kubeconfig" || c.KubeQPS != 50 || c.KubeBurst != 100 ||
+				c.HealthzBindAddress != "0.0.0.0:20256" || c.MetricsBindAddress != "127.0.0.1:20249" {
+				t.Errorf("config = %+v", c)
+			}
+			want := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/56")}
+			if !slices.Equal(c.ClusterCIDRs, want) {
+				t.Errorf("cluster CIDRs = %v", c.ClusterCIDRs)
+			}
+			if !slices.Equal(c.NodePortAddresses, []netip.Prefix{netip.MustParsePrefix("192.168.100.0/24")}) {
+				t.Errorf("nodeport addresses = %v", c.NodePortAddresses)
+			}
+		}},
+		{"flags on the command line win", []string{"--sync-period=1m", "--hostname-override=node-z", "--cluster-cidr=10.0.0.0/8", "--proxy-mode=userspace"},
+			func(t *testing.T, c config.Config) {
+				if c.SyncPeriod != time.Minute || c.HostnameOverride != "node-z" || c.Mode != config.ModeUserspace ||
+					!slices.Equal(c.ClusterCIDRs, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}) {
+					t.Errorf("config = %+v", c)
+				}
+				if c.MinSyncPeriod != 2*time.Second {
+					t.Errorf("min sync period %v: fields without a flag still come from the file", c.MinSyncPeriod)
+				}
+			}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			o := &options{cfg: config.Defaults()}
+			fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
+			o.addRunFlags(fs)
+			if err := fs.Parse(append([]string{"--config", path}, tc.flags...)); err != nil {
+				t.Fatal(err)
+			}
+			var warnings []string
+			c, err := o.complete(fs, func(w string) { warnings = append(warnings, w) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, c)
+			if !strings.Contains(strings.Join(warnings, "\n"), "ipvs") {
+				t.Errorf("no warning for the ipvs section kproxy ignores: %q", warnings)
+			}
+		})
+	}
+}
+
+func TestKubeProxyConfigurationErrors(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(strings.Replace(kubeProxyConfig, "mode: nftables", "mode: nftables\nbogusField: 1", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o := &options{cfg: config.Defaults()}
+	fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
+	o.addRunFlags(fs)
+	if err := fs.Parse([]string{"--config", path}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := o.complete(fs, func(string) {})
+	if err == nil || !strings.Contains(err.Error(), "bogusField") || !strings.Contains(err.Error(), path) {
+		t.Fatalf("error = %v, want one naming the file and the unknown field", err)
+	}
+}
