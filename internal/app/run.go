@@ -169,6 +169,8 @@ func buildInfo() string {
 
 // runProxy runs kproxy until ctx is done.
 func runProxy(ctx context.Context, log *slog.Logger, cfg config.Config) error {
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
 	mode, why := chooseMode(cfg)
 	if cfg.Mode == config.ModeAuto && why != "" {
 		log.Info("using the userspace proxy", "reason", why)
@@ -248,13 +250,18 @@ func runProxy(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 		log.Info("serving metrics and the admin endpoint", "address", admin.ln.Addr().String())
 	}
 
-	go r.Loop(ctx)
+	// The data plane is closed (deferred above) only after the loop has returned,
+	// so a sync in progress finishes first.
+	loopDone := make(chan struct{})
+	go func() { r.Loop(ctx); close(loopDone) }()
+	defer func() { <-loopDone }()
 	errc := make(chan error, 1)
 	go func() { errc <- src.run(ctx) }()
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
 		if err != nil && ctx.Err() == nil {
+			stop()
 			return fmt.Errorf("source: %w", err)
 		}
 		<-ctx.Done()
