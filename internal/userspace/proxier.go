@@ -95,8 +95,12 @@ func newProxier(cfg Config, m *metrics.Metrics, addrs addrManager) *Proxier {
 		done:      make(chan struct{}),
 	}
 	p.workers = workers{ch: make(chan func()), idle: 30 * time.Second, done: p.done}
-	p.wg.Add(1)
+	p.wg.Add(2)
 	go p.janitor()
+	go func() {
+		defer p.wg.Done()
+		p.workers.reap()
+	}()
 	return p
 }
 

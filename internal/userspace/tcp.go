@@ -173,7 +173,7 @@ func (p *Proxier) dialEndpoint(f *front, src netip.Addr, fam family) (*net.TCPCo
 		// local address before connecting, and bind(port 0) neither shares
 		// ports across destinations nor reuses TIME_WAIT ports the way
 		// connect() does, so it runs out of ports under a high connection rate.
-		conn, err := p.dialer.DialContext(p.ctx, "tcp", ep.str)
+		conn, err := p.dial(ep.str)
 		if err == nil {
 			if tc, ok := conn.(*net.TCPConn); ok {
 				return tc, ep
@@ -191,6 +191,54 @@ func (p *Proxier) dialEndpoint(f *front, src netip.Addr, fam family) (*net.TCPCo
 		p.log.Debug("dial failed", "servicePort", f.sp.label, "endpoint", ep.addr.String(), "err", err)
 	}
 	return nil, nil
+}
+
+// dial connects to addr within DialTimeout. A timer shuts the connecting
+// socket down when the timeout passes (a shutdown in SYN_SENT fails the
+// connect at once), instead of Dialer.Timeout's deadline context, which costs a
+// context with its timer, a write deadline on the socket and their removal on
+// every dial: 5% of the proxy's CPU at high connection rates.
+func (p *Proxier) dial(addr string) (net.Conn, error) {
+	dt := &dialTimer{}
+	d := net.Dialer{KeepAlive: -1, Control: dt.control}
+	t := time.AfterFunc(p.cfg.DialTimeout, dt.expire)
+	conn, err := d.DialContext(p.ctx, "tcp", addr)
+	if !t.Stop() {
+		// The timer fired: whether or not the connect completed, the
+		// socket may have been shut down.
+		if conn != nil {
+			_ = conn.Close()
+		}
+		return nil, fmt.Errorf("dial tcp %s: %w", addr, os.ErrDeadlineExceeded)
+	}
+	return conn, err
+}
+
+// dialTimer ends a connect that takes longer than the dial timeout.
+type dialTimer struct {
+	mu      sync.Mutex
+	rc      syscall.RawConn
+	expired bool
+}
+
+// control runs before connect and hands the socket to the timer.
+func (dt *dialTimer) control(_, _ string, rc syscall.RawConn) error {
+	dt.mu.Lock()
+	defer dt.mu.Unlock()
+	if dt.expired {
+		return os.ErrDeadlineExceeded
+	}
+	dt.rc = rc
+	return nil
+}
+
+func (dt *dialTimer) expire() {
+	dt.mu.Lock()
+	defer dt.mu.Unlock()
+	dt.expired = true
+	if dt.rc != nil {
+		_ = dt.rc.Control(func(fd uintptr) { _ = unix.Shutdown(int(fd), unix.SHUT_RDWR) })
+	}
 }
 
 // tcpConn is one proxied TCP connection.
