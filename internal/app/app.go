@@ -4,6 +4,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 
@@ -31,9 +32,9 @@ func Run(args []string) int {
 	root.SetArgs(args)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "kproxy:", err)
-		var ec exitCoder
-		if asExitCoder(err, &ec) {
-			return ec.ExitCode()
+		var ee *exitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode()
 		}
 		return 1
 	}
@@ -56,21 +57,4 @@ func newRootCommand() *cobra.Command {
 	})
 	root.AddCommand(newRunCommand(), newValidateCommand(), newGetCommand(), newDescribeCommand(), newTraceCommand(), newCleanupCommand())
 	return root
-}
-
-type exitCoder interface{ ExitCode() int }
-
-func asExitCoder(err error, target *exitCoder) bool {
-	for err != nil {
-		if ec, ok := err.(exitCoder); ok {
-			*target = ec
-			return true
-		}
-		u, ok := err.(interface{ Unwrap() error })
-		if !ok {
-			return false
-		}
-		err = u.Unwrap()
-	}
-	return false
 }

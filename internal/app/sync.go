@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -42,15 +41,12 @@ type syncer struct {
 	mu       sync.Mutex
 	needFull bool
 	lastFull time.Time
-	synced   chan struct{} // closed after the first successful sync
-	once     sync.Once
-	lastErr  error
 }
 
 func newSyncer(log *slog.Logger, tracker *model.Tracker, plane Dataplane, m *metrics.Metrics, syncPeriod time.Duration) *syncer {
 	return &syncer{
 		log: log, tracker: tracker, plane: plane, metrics: m, syncPeriod: syncPeriod,
-		timeout: 2 * time.Minute, needFull: true, synced: make(chan struct{}),
+		timeout: 2 * time.Minute, needFull: true,
 	}
 }
 
@@ -87,7 +83,6 @@ func (s *syncer) sync() error {
 	if err != nil {
 		s.mu.Lock()
 		s.needFull = true
-		s.lastErr = err
 		s.mu.Unlock()
 		if s.metrics != nil {
 			s.metrics.SyncFailuresTotal.Inc()
@@ -98,7 +93,6 @@ func (s *syncer) sync() error {
 	}
 	s.mu.Lock()
 	s.needFull = false
-	s.lastErr = nil
 	if full {
 		s.lastFull = start
 	}
@@ -111,7 +105,6 @@ func (s *syncer) sync() error {
 		s.health.Updated()
 	}
 	s.record(snap, full, took)
-	s.once.Do(func() { close(s.synced) })
 	return nil
 }
 
@@ -168,20 +161,4 @@ func (s *syncer) record(snap *model.Snapshot, full bool, took time.Duration) {
 			m.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues(policy, fam).Set(float64(noLocal[[2]string{policy, fam}]))
 		}
 	}
-}
-
-// waitSynced waits for the first successful sync.
-func (s *syncer) waitSynced(ctx context.Context) error {
-	select {
-	case <-s.synced:
-		return nil
-	case <-ctx.Done():
-		return errors.Join(ctx.Err(), s.err())
-	}
-}
-
-func (s *syncer) err() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.lastErr
 }
