@@ -80,8 +80,8 @@ func runProxy(args []string) int {
 	}
 	cfg := userspace.Defaults()
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	if n, err := strconv.Atoi(os.Getenv("KPROXY_BENCH_ACCEPT_LOOPS")); err == nil && n > 0 {
-		cfg.AcceptLoops = n
+	if n, err := strconv.Atoi(os.Getenv("KPROXY_BENCH_LOOPS")); err == nil && n > 0 {
+		cfg.EventLoops = n
 	}
 	if n, err := strconv.Atoi(os.Getenv("KPROXY_BENCH_PROXY_PROCS")); err == nil && n > 0 {
 		runtime.GOMAXPROCS(n)

@@ -176,7 +176,11 @@ func TestServiceIPOwnership(t *testing.T) {
 	cfg.BindServiceIPs = true
 	h := newHarness(t, cfg)
 	h.p.Close() // replaced by one with the fake device
-	h.p = newProxier(cfg, nil, fake)
+	p, err := newProxier(cfg, nil, fake)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.p = p
 	t.Cleanup(func() { h.p.Close() })
 
 	a := makeTestService("a", func(s *v1.Service) { s.Spec.ClusterIPs = []string{"10.96.4.50", "127.10.4.50"} })

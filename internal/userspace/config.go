@@ -44,10 +44,11 @@ type Config struct {
 	BindRetryInterval time.Duration
 	// BulkSocketBuffer is the receive buffer of the sending side and the send
 	// buffer of the receiving side of a TCP direction once it carries bulk
-	// data (it filled a 16 KiB read). 0 leaves the kernel's autotuning.
+	// data (it filled a 16 KiB read) and is spliced. 0 leaves the kernel's autotuning.
 	BulkSocketBuffer int
-	// AcceptLoops is the number of goroutines accepting on each TCP listener.
-	AcceptLoops int
+	// EventLoops is the number of TCP event loops (threads serving TCP
+	// connections); 0 means GOMAXPROCS.
+	EventLoops int
 	// Logger receives the data plane's logs; nil means slog.Default() with a
 	// dataplane=userspace attribute.
 	Logger *slog.Logger
@@ -66,7 +67,6 @@ func Defaults() Config {
 		GracePeriod:       10 * time.Second,
 		BindRetryInterval: 5 * time.Second,
 		BulkSocketBuffer:  256 << 10,
-		AcceptLoops:       1,
 	}
 }
 
@@ -95,8 +95,8 @@ func (c *Config) Validate() error {
 	if c.BulkSocketBuffer < 0 {
 		errs = append(errs, fmt.Errorf("bulk socket buffer must not be negative, got %d", c.BulkSocketBuffer))
 	}
-	if c.AcceptLoops < 1 {
-		errs = append(errs, fmt.Errorf("accept loops must be at least 1, got %d", c.AcceptLoops))
+	if c.EventLoops < 0 {
+		errs = append(errs, fmt.Errorf("event loops must not be negative, got %d", c.EventLoops))
 	}
 	if c.BindServiceIPs && c.LoopbackDevice == "" {
 		errs = append(errs, errors.New("binding service IPs needs a loopback device"))

@@ -1,24 +1,26 @@
 package userspace
 
 import (
-	"errors"
 	"fmt"
-	"os"
+	"net"
+	"net/netip"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+	v1 "k8s.io/api/core/v1"
 )
 
-// A dial that gets no answer (a listener whose accept queue is full drops
-// SYNs) fails after DialTimeout.
-func TestDialTimeout(t *testing.T) {
+// blackhole is an address that never answers a SYN: a listener with an
+// accept queue of one, filled by a connection nobody accepts, drops them.
+func blackhole(t *testing.T) netip.AddrPort {
+	t.Helper()
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(fd)
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 4, 8}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := unix.Listen(fd, 0); err != nil {
@@ -28,27 +30,65 @@ func TestDialTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
-
-	cfg := Defaults()
-	cfg.DialTimeout = 200 * time.Millisecond
-	p, err := New(cfg, nil)
+	addr := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 4, 8}), uint16(sa.(*unix.SockaddrInet4).Port))
+	filler, err := net.DialTimeout("tcp", addr.String(), time.Second)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("filling the accept queue: %v", err)
 	}
-	defer p.Close()
-	for range 5 {
-		s := time.Now()
-		c, err := p.dial(addr)
-		took := time.Since(s)
+	t.Cleanup(func() { filler.Close() })
+	return addr
+}
+
+// A dial that gets no answer fails after DialTimeout and the connection
+// moves on to the next endpoint; with none left the client is reset.
+func TestDialTimeout(t *testing.T) {
+	cfg := testConfig()
+	cfg.DialTimeout = 200 * time.Millisecond
+	h := newHarness(t, cfg)
+	h.setService(makeTestService("web", func(s *v1.Service) { s.Spec.ClusterIPs = []string{"127.10.4.150"} }))
+	hole := blackhole(t)
+	h.setEndpoints("web", v1.ProtocolTCP, hole, tcpBackend(t, "127.0.4.1:0", "backend-1"))
+	h.sync()
+	const target = "127.10.4.150:18080"
+
+	var slowest time.Duration
+	for range 2 { // round-robin: one of the two tries the black hole first
+		start := time.Now()
+		c, err := dialService(t, "", target)
+		if err != nil {
+			t.Fatalf("connection through a service with one live endpoint: %v", err)
+		}
+		if c.backend != "backend-1" {
+			t.Fatalf("answered by %q", c.backend)
+		}
+		slowest = max(slowest, time.Since(start))
+	}
+	if slowest < cfg.DialTimeout || slowest > 5*cfg.DialTimeout {
+		t.Fatalf("the failover took %v, want a dial timeout (%v) first", slowest, cfg.DialTimeout)
+	}
+	for _, e := range h.p.Stats()[0].Endpoints {
+		if e.Endpoint == hole.String() && (e.DialFailures != 1 || !e.BackingOff || e.Total != 0) {
+			t.Fatalf("black-holed endpoint: %+v, want one dial failure and a backoff", e)
+		}
+	}
+
+	t.Run("no endpoint answers", func(t *testing.T) {
+		h.setEndpoints("web", v1.ProtocolTCP, hole)
+		h.sync()
+		start := time.Now()
+		_, err := dialService(t, "", target)
+		took := time.Since(start)
 		if err == nil {
-			defer c.Close()
-			continue // queued in the backlog
+			t.Fatal("connected through a service whose only endpoint never answers")
 		}
-		if !errors.Is(err, os.ErrDeadlineExceeded) || took < cfg.DialTimeout || took > 5*cfg.DialTimeout {
-			t.Fatalf("dial failed after %v with %v, want a timeout after %v", took, err, cfg.DialTimeout)
+		if took < cfg.DialTimeout || took > 5*cfg.DialTimeout {
+			t.Fatalf("client refused after %v, want after the dial timeout (%v)", took, cfg.DialTimeout)
 		}
-		return
-	}
-	t.Fatal("every dial succeeded")
+		eventually(t, time.Second, func() error {
+			if n := h.p.active.Load(); n != 0 {
+				return fmt.Errorf("%d connections still counted", n)
+			}
+			return nil
+		})
+	})
 }

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -47,11 +48,11 @@ type Proxier struct {
 	synced            bool
 	closed            bool
 
-	active  atomic.Int64 // open TCP connections, for cfg.MaxConnections
-	flows   atomic.Int64 // open UDP flows, for cfg.MaxConnections
-	workers workers
-	wg      sync.WaitGroup
-	done    chan struct{}
+	active atomic.Int64 // open TCP connections, for cfg.MaxConnections
+	flows  atomic.Int64 // open UDP flows, for cfg.MaxConnections
+	loops  []*loop      // the TCP event loops
+	wg     sync.WaitGroup
+	done   chan struct{}
 }
 
 // The app's data plane contract, restated here to keep the two in step.
@@ -70,10 +71,10 @@ func New(cfg Config, m *metrics.Metrics) (*Proxier, error) {
 	if cfg.BindServiceIPs {
 		addrs = &netlinkAddrs{device: cfg.LoopbackDevice}
 	}
-	return newProxier(cfg, m, addrs), nil
+	return newProxier(cfg, m, addrs)
 }
 
-func newProxier(cfg Config, m *metrics.Metrics, addrs addrManager) *Proxier {
+func newProxier(cfg Config, m *metrics.Metrics, addrs addrManager) (*Proxier, error) {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default().With("dataplane", "userspace")
@@ -94,14 +95,27 @@ func newProxier(cfg Config, m *metrics.Metrics, addrs addrManager) *Proxier {
 		warned:    map[model.ServicePortName]bool{},
 		done:      make(chan struct{}),
 	}
-	p.workers = workers{ch: make(chan func()), idle: 30 * time.Second, done: p.done}
-	p.wg.Add(2)
+	n := cfg.EventLoops
+	if n == 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
+	for range n {
+		lp, err := newLoop(p)
+		if err != nil {
+			for _, lp := range p.loops {
+				lp.stop()
+			}
+			p.wg.Wait()
+			cancel()
+			return nil, fmt.Errorf("userspace event loop: %w", err)
+		}
+		p.loops = append(p.loops, lp)
+		p.wg.Add(1)
+		go lp.run()
+	}
+	p.wg.Add(1)
 	go p.janitor()
-	go func() {
-		defer p.wg.Done()
-		p.workers.reap()
-	}()
-	return p
+	return p, nil
 }
 
 // now is a monotonic clock in nanoseconds, cheap enough for every packet.
@@ -148,17 +162,45 @@ func (f *front) allowed(src netip.Addr) bool {
 type listener struct {
 	key   listenerKey
 	front atomic.Pointer[front]
-	tcp   *net.TCPListener
+	tcp   *tcpListener
 	udp   *udpListener
 }
 
 func (l *listener) close() {
 	if l.tcp != nil {
-		_ = l.tcp.Close()
+		l.tcp.close()
 	}
 	if l.udp != nil {
 		_ = l.udp.conn.Close()
 	}
+}
+
+// listen opens the socket of a listener and starts serving it.
+func (p *Proxier) listen(key listenerKey, f *front) (*listener, error) {
+	l := &listener{key: key}
+	l.front.Store(f)
+	switch key.proto {
+	case v1.ProtocolTCP:
+		fd, err := listenTCP(key.addr)
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", key, err)
+		}
+		l.tcp = p.newTCPListener(l, fd)
+	case v1.ProtocolUDP:
+		conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(key.addr))
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", key, err)
+		}
+		// Bigger buffers absorb bursts; the kernel caps them at rmem_max/wmem_max.
+		_ = conn.SetReadBuffer(4 << 20)
+		_ = conn.SetWriteBuffer(4 << 20)
+		l.udp = &udpListener{p: p, l: l, conn: conn, flows: map[netip.AddrPort]*udpFlow{}}
+		p.wg.Add(1)
+		go l.udp.readLoop()
+	default:
+		return nil, fmt.Errorf("listen on %s: protocol not proxied", key)
+	}
+	return l, nil
 }
 
 // tracked is a live TCP connection or UDP flow, closed when its endpoint or
@@ -606,6 +648,10 @@ func (p *Proxier) Close() error {
 		delete(p.ports, name)
 	}
 	err := p.syncAddrs(nil, "remove")
+	// The loops close the connections still open as they stop.
+	for _, lp := range p.loops {
+		lp.stop()
+	}
 	p.mu.Unlock()
 	p.wg.Wait()
 	if err != nil {

@@ -208,7 +208,7 @@ func (u *udpListener) closeAll() {
 	}
 }
 
-// dialUDP connects a flow's socket to the endpoint (see dialEndpoint on why
+// dialUDP connects a flow's socket to the endpoint (see connectTCP on why
 // not Dialer.DialUDP).
 func (p *Proxier) dialUDP(ep *endpoint) (*net.UDPConn, error) {
 	conn, err := p.dialer.DialContext(p.ctx, "udp", ep.str)
