@@ -48,6 +48,7 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.configFile, "config", "", "A kube-proxy KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1); flags given on the command line win")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "Cluster mode: path to a kubeconfig file (in a pod, the in-cluster configuration is used when neither this nor --manifests is given)")
 	fs.StringVar(&c.Master, "master", c.Master, "Cluster mode: the API server address, overriding the kubeconfig")
+	fs.BoolVar(&c.KubeCompression, "kube-api-compression", c.KubeCompression, "Cluster mode: ask the API server to gzip its responses (off: protobuf over a cluster network is cheaper uncompressed, for the API server and for kproxy)")
 	fs.StringVar(&c.HostnameOverride, "hostname-override", c.HostnameOverride, "The name of this node (default: the host name)")
 	fs.StringVar(&c.ServiceProxyName, "service-proxy-name", c.ServiceProxyName, "Also serve services labelled service.kubernetes.io/service-proxy-name with this value")
 	fs.StringVar(&c.Mode, "proxy-mode", c.Mode, "nftables or userspace (default: nftables as root when nftables works, otherwise userspace)")

@@ -47,6 +47,7 @@ func newSource(ctx context.Context, log *slog.Logger, cfg config.Config, h model
 		QPS:              cfg.KubeQPS,
 		Burst:            cfg.KubeBurst,
 		ContentType:      cfg.KubeContentType,
+		Compression:      cfg.KubeCompression,
 		Logger:           log.With("source", "kubernetes"),
 	}, h)
 	if err != nil {

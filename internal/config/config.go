@@ -35,6 +35,8 @@ type Config struct {
 	KubeQPS         float32
 	KubeBurst       int
 	KubeContentType string
+	// KubeCompression asks the API server for gzip-compressed responses.
+	KubeCompression bool
 	// ConfigSyncPeriod is the informers' resync period (0: none).
 	ConfigSyncPeriod time.Duration
 

@@ -77,6 +77,9 @@ type Config struct {
 	Burst int
 	// ContentType is the wire format: ContentTypeProtobuf (default) or ContentTypeJSON.
 	ContentType string
+	// Compression asks the API server to gzip responses (off by default; see
+	// RESTConfig); a kubeconfig's disable-compression: true wins over it.
+	Compression bool
 	// ProbeInterval is how often the API server's /readyz is polled to report
 	// Connected; 0 means the default (10 s), a negative value turns probing off.
 	ProbeInterval time.Duration
@@ -151,6 +154,12 @@ func RESTConfig(c Config) (*rest.Config, error) {
 		}
 	}
 	rc = rest.CopyConfig(rc)
+	// Compression is the client's choice (it sends Accept-Encoding: gzip or
+	// not). Off by default, as kube-controller-manager and kube-scheduler have it:
+	// protobuf is compact already, and gzip costs the API server (which serves
+	// every node) and kproxy CPU on every list and watch event; on a cluster
+	// network that is slower than sending the bytes.
+	rc.DisableCompression = rc.DisableCompression || !c.Compression
 	rc.UserAgent = "kproxy/" + rest.DefaultKubernetesUserAgent()
 	if c.QPS != 0 {
 		rc.QPS = c.QPS
@@ -293,7 +302,12 @@ func (s *Source) Run(ctx context.Context) error {
 	}
 	start := time.Now()
 	for _, st := range steps {
-		if !cache.WaitForCacheSync(ctx.Done(), st.reg.HasSynced) {
+		// The registration's checker closes a channel the moment the initial
+		// list reached the handler; cache.WaitForCacheSync would poll every
+		// 100 ms, and at start-up every millisecond counts.
+		select {
+		case <-st.reg.HasSyncedChecker().Done():
+		case <-ctx.Done():
 			return fmt.Errorf("wait for %s cache: %w", st.kind, context.Cause(ctx))
 		}
 		st.synced()

@@ -21,7 +21,7 @@ package cluster_test
 //   - memory: peak RSS of the proxy, and with its children (kube-proxy's nft).
 //
 // KPROXY_BENCH_LOGS=1 prints the end of each proxy's log; KPROXY_BENCH_PPROF=DIR
-// saves kproxy's heap profile there after the run.
+// saves kproxy's CPU profile of its first 3 s and its heap profile after the run there.
 //
 // IP plan: endpoints 10.128.0.0/9 (Population.EndpointIP), changed endpoints
 // 10.250.0.0/16; services from 10.96.0.0/16; the proxy's node "node-a" 192.168.10.1.
@@ -133,8 +133,11 @@ func runProxyBench(ctx context.Context, b *testing.B, c *cluster.Cluster, pop cl
 	enableProbes(b, ns)
 	p := startProxy(b, c, name, ns, bin, args)
 	r := benchResult{proxy: name}
+	if dir := os.Getenv("KPROXY_BENCH_PPROF"); dir != "" && name == "kproxy" {
+		go saveStartProfile(ctx, b, p, filepath.Join(dir, "kproxy-start-cpu-"+ns+".pprof"))
+	}
 	// Fully programmed: the kernel translates connections to every probed
-	// service into one of its endpoints. Polled every 100 ms.
+	// service into one of its endpoints. Polled every 25 ms.
 	for {
 		ok := true
 		for _, vip := range probes {
@@ -157,7 +160,7 @@ func runProxyBench(ctx context.Context, b *testing.B, c *cluster.Cluster, pop cl
 		if ctx.Err() != nil {
 			b.Fatalf("%s: not programmed: %v", name, ctx.Err())
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(25 * time.Millisecond)
 	}
 	metricSync := p.waitFirstSync(ctx, b)
 	b.ReportMetric(r.firstSync.Seconds(), name+"-s-to-programmed")
@@ -269,6 +272,32 @@ func saveProfile(ctx context.Context, b *testing.B, p *proxyRun, path, urlPath s
 	}
 	if err != nil {
 		b.Errorf("profile: %v", err)
+	}
+}
+
+// saveStartProfile records a 3 s CPU profile of kproxy from the moment its
+// metrics address answers (a few milliseconds after exec): start-up as a whole.
+func saveStartProfile(ctx context.Context, b *testing.B, p *proxyRun, path string) {
+	for ctx.Err() == nil {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:10249/debug/pprof/profile?seconds=3", nil)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		resp, err := p.metrics.Do(req)
+		if err != nil {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		data, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil {
+			err = os.WriteFile(path, data, 0o644)
+		}
+		if err != nil {
+			b.Errorf("start profile: %v", err)
+		}
+		return
 	}
 }
 
