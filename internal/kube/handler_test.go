@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"reflect"
 	"slices"
 	"testing"
 
@@ -125,5 +126,28 @@ func TestSlimDropsWhatKproxyNeverReads(t *testing.T) {
 	}
 	if got.Annotations["keep"] != "me" || len(got.Status.Addresses) != 1 {
 		t.Errorf("slimmed too much: %+v", got)
+	}
+
+	ready, node, zone, host := true, "node-a", "zone-a", "web-0"
+	es := &discovery.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-abc", Namespace: "ns",
+			Labels:          map[string]string{discovery.LabelServiceName: "web"},
+			Annotations:     map[string]string{v1.EndpointsLastChangeTriggerTime: "2026-11-26T00:00:00Z"},
+			OwnerReferences: []metav1.OwnerReference{{Kind: "Service", Name: "web"}}},
+		AddressType: discovery.AddressTypeIPv4,
+		Endpoints: []discovery.Endpoint{{Addresses: []string{"10.244.0.5"}, Conditions: discovery.EndpointConditions{Ready: &ready},
+			Hostname: &host, NodeName: &node, Zone: &zone, TargetRef: &v1.ObjectReference{Kind: "Pod", Name: "web-0"},
+			DeprecatedTopology: map[string]string{"k": "v"},
+			Hints:              &discovery.EndpointHints{ForZones: []discovery.ForZone{{Name: zone}}}}},
+	}
+	want := es.DeepCopy()
+	want.OwnerReferences = nil
+	want.Endpoints[0].TargetRef, want.Endpoints[0].DeprecatedTopology = nil, nil
+	out, err = slim(es)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(want, out) {
+		t.Errorf("slimmed slice:\n%+v\nwant\n%+v", out, want)
 	}
 }

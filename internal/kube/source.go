@@ -28,6 +28,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -467,16 +468,25 @@ func (s *Source) nodeHandler() cache.ResourceEventHandler {
 }
 
 // slim drops what kproxy never reads before objects enter the caches: managed
-// fields (often the largest part of an object), kubectl's last-applied
-// annotation (kubectl describe hides it too) and a node's image and volume lists.
+// fields (often the largest part of an object), owner references, kubectl's
+// last-applied annotation (kubectl describe hides it too), an endpoint's
+// reference to its pod (a third of an EndpointSlice's memory) and deprecated
+// topology, and a node's image and volume lists.
 func slim(obj any) (any, error) {
 	if m, err := meta.Accessor(obj); err == nil {
 		m.SetManagedFields(nil)
+		m.SetOwnerReferences(nil)
 		if a := m.GetAnnotations(); a != nil {
 			if _, ok := a[v1.LastAppliedConfigAnnotation]; ok {
 				delete(a, v1.LastAppliedConfigAnnotation)
 				m.SetAnnotations(a)
 			}
+		}
+	}
+	if es, ok := obj.(*discovery.EndpointSlice); ok {
+		for i := range es.Endpoints {
+			es.Endpoints[i].TargetRef = nil
+			es.Endpoints[i].DeprecatedTopology = nil
 		}
 	}
 	if n, ok := obj.(*v1.Node); ok {
