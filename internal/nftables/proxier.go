@@ -275,10 +275,11 @@ func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, erro
 		}
 	}
 	records := make(map[model.ServicePortName]*portRecord, len(snap.Ports))
+	scratch := &contribution{elems: map[string][]Element{}}
 	for name, pv := range snap.Ports {
 		records[name] = &portRecord{pv: pv}
 		for _, f := range p.fams {
-			stores[f].apply(buildPort(&p.cfg, f, pv), true)
+			stores[f].apply(buildPort(&p.cfg, f, pv, scratch), true)
 		}
 	}
 	tx := &transaction{cfg: &p.cfg}
@@ -503,10 +504,10 @@ func (p *Proxier) syncPartial(ctx context.Context, snap *model.Snapshot) (int, e
 		records[name] = rec
 		for _, f := range p.fams {
 			if old != nil {
-				p.stores[f].apply(buildPort(&p.cfg, f, old.pv), false)
+				p.stores[f].apply(buildPort(&p.cfg, f, old.pv, nil), false)
 			}
 			if rec != nil {
-				p.stores[f].apply(buildPort(&p.cfg, f, pv), true)
+				p.stores[f].apply(buildPort(&p.cfg, f, pv, nil), true)
 			}
 		}
 	}
