@@ -77,8 +77,8 @@ func (c *tcpConn) flush(d *flow) bool {
 		if !d.dst.writable {
 			return false
 		}
-		n, err := unix.Write(d.dst.fd, d.buf[d.off:d.end])
-		if err != nil && err != unix.EAGAIN && err != unix.EINTR {
+		n, err := sysWrite(d.dst.fd, d.buf[d.off:d.end])
+		if err != 0 && err != unix.EAGAIN && err != unix.EINTR {
 			c.close()
 			return false
 		}
@@ -96,18 +96,18 @@ func (c *tcpConn) flush(d *flow) bool {
 		if !d.dst.writable {
 			return false
 		}
-		n, err := unix.Splice(d.pipe.r, nil, d.dst.fd, nil, d.inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		n, err := sysSplice(d.pipe.r, d.dst.fd, d.inPipe)
 		switch {
 		case err == unix.EAGAIN:
 			d.dst.writable = false
 			return false
 		case err == unix.EINTR:
 			continue
-		case err != nil:
+		case err != 0:
 			c.close()
 			return false
 		}
-		d.inPipe -= int(n)
+		d.inPipe -= n
 	}
 	return true
 }
@@ -116,14 +116,14 @@ func (c *tcpConn) flush(d *flow) bool {
 func (c *tcpConn) copyIn(d *flow) {
 	lp := c.lp
 	buf := lp.scratch
-	n, err := unix.Read(d.src.fd, buf)
+	n, err := sysRead(d.src.fd, buf)
 	switch {
 	case err == unix.EAGAIN:
 		d.src.readable = false
 		return
 	case err == unix.EINTR:
 		return
-	case err != nil:
+	case err != 0:
 		c.close()
 		return
 	case n == 0:
@@ -141,8 +141,9 @@ func (c *tcpConn) copyIn(d *flow) {
 	}
 	m := 0
 	if d.dst.writable {
-		m, err = unix.Write(d.dst.fd, buf[:n])
-		if err != nil && err != unix.EAGAIN && err != unix.EINTR {
+		var werr unix.Errno
+		m, werr = sysWrite(d.dst.fd, buf[:n])
+		if werr != 0 && werr != unix.EAGAIN && werr != unix.EINTR {
 			c.close()
 			return
 		}
@@ -171,22 +172,22 @@ func (c *tcpConn) toBulk(d *flow) {
 	}
 	d.bulk, d.pipe = true, pp
 	if size := c.lp.p.cfg.BulkSocketBuffer; size > 0 {
-		_ = unix.SetsockoptInt(d.src.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, size)
-		_ = unix.SetsockoptInt(d.dst.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, size)
+		_ = sysSetsockoptInt(d.src.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, size)
+		_ = sysSetsockoptInt(d.dst.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, size)
 	}
 }
 
 // spliceIn moves data from the source socket into the (empty) pipe. With the
 // pipe empty, EAGAIN can only mean the socket is drained.
 func (c *tcpConn) spliceIn(d *flow) {
-	n, err := unix.Splice(d.src.fd, nil, d.pipe.w, nil, spliceMax, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	n, err := sysSplice(d.src.fd, d.pipe.w, spliceMax)
 	switch {
 	case err == unix.EAGAIN:
 		d.src.readable = false
 		return
 	case err == unix.EINTR:
 		return
-	case err != nil:
+	case err != 0:
 		c.close()
 		return
 	case n == 0:
@@ -194,8 +195,8 @@ func (c *tcpConn) spliceIn(d *flow) {
 		return
 	}
 	c.last = c.lp.now
-	d.inPipe += int(n)
-	d.account(int(n))
+	d.inPipe += n
+	d.account(n)
 }
 
 // end passes the end of the stream on as a FIN, unless the other direction
@@ -208,7 +209,7 @@ func (c *tcpConn) end(d *flow) {
 		c.close()
 		return
 	}
-	if err := unix.Shutdown(d.dst.fd, unix.SHUT_WR); err != nil {
+	if sysShutdown(d.dst.fd, unix.SHUT_WR) != 0 {
 		c.close()
 	}
 }

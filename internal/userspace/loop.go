@@ -2,22 +2,25 @@ package userspace
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// loop is one of the proxier's TCP event loops: a goroutine locked to its OS
-// thread, waiting in epoll_wait on raw non-blocking sockets that Go's netpoller
-// does not know about. A connection lives in the loop that accepted it from
-// start to end, so its state needs no locks, and a wait costs no goroutine
-// parking. Other goroutines reach a loop through post: commands run by the
-// loop between events, announced on an eventfd.
+// loop is one of the proxier's TCP event loops: a goroutine with its own epoll
+// set of raw non-blocking sockets that Go's netpoller does not know about. A
+// connection lives in the loop that accepted it from start to end, so its
+// state needs no locks, and it costs no goroutine parking: the loop parks
+// only when none of its sockets has an event. Other goroutines reach a loop
+// through post: commands run by the loop between events, announced on an
+// eventfd.
 //
 // Dial and idle timeouts are checked by a coarse tick (the epoll_wait
 // timeout), not per-connection timers.
@@ -25,6 +28,8 @@ type loop struct {
 	p    *Proxier
 	epfd int
 	evfd int
+	file *os.File // epfd, for waiting in Go's netpoller
+	rc   syscall.RawConn
 
 	mu      sync.Mutex
 	cmds    []func()
@@ -37,6 +42,7 @@ type loop struct {
 	now       int64 // p.now() after the last epoll_wait
 	nextTick  int64
 	tickEvery int64
+	armed     int64 // the tick the wait's deadline is set to, 0: none
 	conns     []*tcpConn // all connections, for the tick and for stop
 	scratch   []byte     // the read buffer of copying directions
 	bufs      [][]byte   // free copy buffers
@@ -90,9 +96,22 @@ func newLoop(p *Proxier) (*loop, error) {
 		_ = unix.Close(evfd)
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
+	// Non-blocking, so that os.NewFile registers it in Go's netpoller.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		_ = unix.Close(epfd)
+		_ = unix.Close(evfd)
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	file := os.NewFile(uintptr(epfd), "epoll")
+	rc, err := file.SyscallConn()
+	if err != nil {
+		_ = file.Close()
+		_ = unix.Close(evfd)
+		return nil, fmt.Errorf("epoll descriptor: %w", err)
+	}
 	tick := min(p.cfg.DialTimeout, p.cfg.TCPIdleTimeout) / 8
 	tick = min(max(tick, 5*time.Millisecond), time.Second)
-	return &loop{p: p, epfd: epfd, evfd: evfd, tickEvery: int64(tick), scratch: make([]byte, copyBufSize)}, nil
+	return &loop{p: p, epfd: epfd, evfd: evfd, file: file, rc: rc, tickEvery: int64(tick), scratch: make([]byte, copyBufSize)}, nil
 }
 
 // post queues f to run on the loop; false if the loop has stopped.
@@ -151,27 +170,14 @@ func (lp *loop) runCommands() {
 }
 
 func (lp *loop) run() {
-	// The thread stays locked until the goroutine ends, and then ends with
-	// it: nothing else ever runs on a thread that sat in a raw epoll_wait.
-	runtime.LockOSThread()
 	defer lp.p.wg.Done()
 	events := make([]unix.EpollEvent, eventBatch)
 	lp.now = lp.p.now()
 	lp.nextTick = lp.now + lp.tickEvery
 	for !lp.stopping {
-		timeout := -1
-		if len(lp.conns) > 0 {
-			timeout = int(max((lp.nextTick-lp.now+int64(time.Millisecond)-1)/int64(time.Millisecond), 1))
-		}
-		n, err := unix.EpollWait(lp.epfd, events, timeout)
+		lp.armTick()
+		n := lp.wait(events)
 		lp.now = lp.p.now()
-		if err != nil {
-			if err != unix.EINTR {
-				lp.p.log.Error("epoll_wait failed", "err", err)
-				time.Sleep(10 * time.Millisecond)
-			}
-			continue
-		}
 		for i := range n {
 			ev := &events[i]
 			fd := int(ev.Fd)
@@ -190,6 +196,59 @@ func (lp *loop) run() {
 		}
 	}
 	lp.shutdown()
+}
+
+// wait returns the next batch of events. It polls the loop's epoll set
+// without blocking and, when nothing is ready, parks the goroutine in Go's
+// netpoller, where the epoll descriptor itself is registered (it reads as
+// ready when its own set has events). A blocking epoll_wait would instead
+// hold a P in a system call: the runtime's sysmon retakes such Ps, which
+// measured as an extra 0.8 futex and nanosleep calls and 0.6 context switches
+// per proxied connection.
+//
+// Readiness that arrives after RawConn.Read cleared the poller's state, even
+// before the poll below, is kept for the wait; what arrived earlier is still
+// in the epoll set's ready list, which the poll reads.
+func (lp *loop) wait(events []unix.EpollEvent) int {
+	n := 0
+	err := lp.rc.Read(func(uintptr) bool {
+		for {
+			r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(lp.epfd),
+				uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+			switch e {
+			case 0:
+				n = int(r)
+				return n > 0
+			case unix.EINTR:
+				continue
+			}
+			lp.p.log.Error("epoll_wait failed", "err", e)
+			return true
+		}
+	})
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		lp.p.log.Error("waiting for events", "err", err)
+		time.Sleep(10 * time.Millisecond)
+	}
+	return n
+}
+
+// armTick makes the wait end by the next tick while the loop has
+// connections; without any it sleeps until an event.
+func (lp *loop) armTick() {
+	want := int64(0)
+	if len(lp.conns) > 0 {
+		want = lp.nextTick
+	}
+	if want == lp.armed {
+		return
+	}
+	lp.armed = want
+	var t time.Time
+	if want != 0 {
+		t = lp.p.start.Add(time.Duration(want))
+	}
+	_ = lp.file.SetReadDeadline(t)
 }
 
 // tick ends dials that outlived the dial timeout (moving on to the next
@@ -222,7 +281,7 @@ func (lp *loop) shutdown() {
 		_ = unix.Close(pp.w)
 	}
 	lp.pipes = nil
-	_ = unix.Close(lp.epfd)
+	_ = lp.file.Close() // the epoll descriptor
 	_ = unix.Close(lp.evfd)
 }
 
@@ -236,9 +295,9 @@ func (lp *loop) register(fd int, h pollable, events uint32) error {
 	}
 	lp.slots[fd] = slot{gen: lp.gen, h: h}
 	ev := unix.EpollEvent{Events: events, Fd: int32(fd), Pad: int32(lp.gen)}
-	if err := unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	if e := sysEpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, fd, &ev); e != 0 {
 		lp.slots[fd] = slot{}
-		return os.NewSyscallError("epoll_ctl", err)
+		return os.NewSyscallError("epoll_ctl", e)
 	}
 	return nil
 }

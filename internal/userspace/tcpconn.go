@@ -92,7 +92,7 @@ func (c *tcpConn) dial() bool {
 				c.deadline = c.lp.now + int64(p.cfg.DialTimeout)
 				return true
 			}
-			_ = unix.Close(fd)
+			sysClose(fd)
 			c.backend.fd = -1
 		}
 		p.dialFailed(c.f, c.src, ep, err)
@@ -105,18 +105,9 @@ func (c *tcpConn) dial() bool {
 // reuses TIME_WAIT ports as connect does, and runs out of ports under a high
 // connection rate.
 func connectTCP(ap netip.AddrPort) (int, error) {
-	sa, fam := sockaddr(ap)
-	fd, err := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, os.NewSyscallError("socket", err)
-	}
-	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
-		_ = unix.Close(fd)
-		return -1, os.NewSyscallError("setsockopt", err)
-	}
-	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
-		_ = unix.Close(fd)
-		return -1, os.NewSyscallError("connect", err)
+	fd, op, e := sysConnect(ap)
+	if e != 0 {
+		return -1, os.NewSyscallError(op, e)
 	}
 	return fd, nil
 }
@@ -136,7 +127,7 @@ func (p *Proxier) dialFailed(f *front, src netip.Addr, ep *endpoint, err error) 
 // the client is reset when none is left.
 func (c *tcpConn) redial(err error) {
 	c.lp.forget(c.backend.fd)
-	_ = unix.Close(c.backend.fd)
+	sysClose(c.backend.fd)
 	c.backend = sock{c: c, fd: -1}
 	c.lp.p.dialFailed(c.f, c.src, c.ep, err)
 	c.ep = nil
@@ -224,10 +215,10 @@ func (c *tcpConn) close() {
 	c.state = connClosed
 	lp := c.lp
 	lp.forget(c.client.fd)
-	_ = unix.Close(c.client.fd)
+	sysClose(c.client.fd)
 	if c.backend.fd >= 0 {
 		lp.forget(c.backend.fd)
-		_ = unix.Close(c.backend.fd)
+		sysClose(c.backend.fd)
 	}
 	c.up.release(lp)
 	c.down.release(lp)
@@ -243,6 +234,6 @@ func (c *tcpConn) close() {
 
 // reset refuses the client with an RST: no endpoint could be reached.
 func (c *tcpConn) reset() {
-	_ = unix.SetsockoptLinger(c.client.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	sysResetOnClose(c.client.fd)
 	c.close()
 }

@@ -120,11 +120,11 @@ func (a *acceptor) pause() {
 
 func (a *acceptor) onEvent(uint32) {
 	for range acceptBatch {
-		fd, sa, err := unix.Accept4(a.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		fd, src, err := sysAccept(a.fd)
 		switch err {
-		case nil:
+		case 0:
 			a.delay = 0
-			a.lp.serve(a.l, fd, sa)
+			a.lp.serve(a.l, fd, src)
 			continue
 		case unix.EAGAIN:
 			return
@@ -143,11 +143,10 @@ func (a *acceptor) onEvent(uint32) {
 }
 
 // serve starts proxying a client connection accepted by the loop.
-func (lp *loop) serve(l *listener, fd int, sa unix.Sockaddr) {
+func (lp *loop) serve(l *listener, fd int, src netip.Addr) {
 	p := lp.p
 	f := l.front.Load()
 	sp := f.sp
-	src := sockaddrAddr(sa)
 	if !f.allowed(src) {
 		reset(fd)
 		return
@@ -177,8 +176,8 @@ func (lp *loop) serve(l *listener, fd int, sa unix.Sockaddr) {
 // reset closes a socket with an RST, so the client sees a refusal at once
 // rather than a clean end of stream.
 func reset(fd int) {
-	_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-	_ = unix.Close(fd)
+	sysResetOnClose(fd)
+	sysClose(fd)
 }
 
 func sockaddr(ap netip.AddrPort) (unix.Sockaddr, int) {
@@ -187,14 +186,4 @@ func sockaddr(ap netip.AddrPort) (unix.Sockaddr, int) {
 		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.Unmap().As4()}, unix.AF_INET
 	}
 	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}, unix.AF_INET6
-}
-
-func sockaddrAddr(sa unix.Sockaddr) netip.Addr {
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrFrom4(sa.Addr)
-	case *unix.SockaddrInet6:
-		return netip.AddrFrom16(sa.Addr).Unmap()
-	}
-	return netip.Addr{}
 }
