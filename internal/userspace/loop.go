@@ -42,7 +42,7 @@ type loop struct {
 	now       int64 // p.now() after the last epoll_wait
 	nextTick  int64
 	tickEvery int64
-	armed     int64 // the tick the wait's deadline is set to, 0: none
+	armed     int64      // the tick the wait's deadline is set to, 0: none
 	conns     []*tcpConn // all connections, for the tick and for stop
 	scratch   []byte     // the read buffer of copying directions
 	bufs      [][]byte   // free copy buffers
