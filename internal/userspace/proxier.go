@@ -181,11 +181,11 @@ func (p *Proxier) listen(key listenerKey, f *front) (*listener, error) {
 	l.front.Store(f)
 	switch key.proto {
 	case v1.ProtocolTCP:
-		fd, err := listenTCP(key.addr)
+		tl, err := p.openTCPListener(l, key.addr)
 		if err != nil {
 			return nil, fmt.Errorf("listen on %s: %w", key, err)
 		}
-		l.tcp = p.newTCPListener(l, fd)
+		l.tcp = tl
 	case v1.ProtocolUDP:
 		conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(key.addr))
 		if err != nil {

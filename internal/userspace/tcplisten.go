@@ -21,9 +21,13 @@ const acceptBatch = 32
 
 func notLocal(err error) bool { return errors.Is(err, syscall.EADDRNOTAVAIL) }
 
-// tcpListener is a raw listening socket, registered in every loop with
-// EPOLLEXCLUSIVE: a new connection wakes one loop, which accepts it and keeps
-// it for its whole life.
+// tcpListener is a raw listening socket, registered in every loop: the loop
+// that accepts a connection keeps it for its whole life. A new connection
+// makes every idle loop poll; those that lose the race get EAGAIN.
+// (EPOLLEXCLUSIVE would not help: it limits the wakeups of threads blocked in
+// epoll_wait on the set, and the loops wait in Go's netpoller instead.
+// One SO_REUSEPORT socket per loop measured no better, and would let other
+// processes of the same user bind the service's address too.)
 type tcpListener struct {
 	fd        int
 	acceptors []*acceptor
@@ -66,15 +70,19 @@ func listenTCP(ap netip.AddrPort) (int, error) {
 	return fd, nil
 }
 
-// newTCPListener hands a listening socket to every loop.
-func (p *Proxier) newTCPListener(l *listener, fd int) *tcpListener {
+// openTCPListener opens the listening socket of ap and hands it to the loops.
+func (p *Proxier) openTCPListener(l *listener, ap netip.AddrPort) (*tcpListener, error) {
+	fd, err := listenTCP(ap)
+	if err != nil {
+		return nil, err
+	}
 	tl := &tcpListener{fd: fd}
 	for _, lp := range p.loops {
 		a := &acceptor{lp: lp, fd: fd, l: l}
 		tl.acceptors = append(tl.acceptors, a)
 		lp.post(a.start)
 	}
-	return tl
+	return tl, nil
 }
 
 // close takes the socket out of every loop, waiting for each, before closing
@@ -96,8 +104,8 @@ func (a *acceptor) start() {
 		return
 	}
 	// Level-triggered, so connections left in the queue after a batch are
-	// reported again; exclusive, so one connection wakes one loop.
-	if err := a.lp.register(a.fd, a, unix.EPOLLIN|unix.EPOLLEXCLUSIVE); err != nil {
+	// reported again.
+	if err := a.lp.register(a.fd, a, unix.EPOLLIN); err != nil {
 		a.lp.p.log.Error("cannot watch listener", "listener", a.l.key.String(), "err", err)
 		return
 	}
