@@ -2,6 +2,7 @@ package userspace
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"testing"
@@ -91,4 +92,42 @@ func TestDialTimeout(t *testing.T) {
 			return nil
 		})
 	})
+}
+
+// What a client sends while its connection is still dialing, including its
+// half-close, reaches the endpoint the connection fails over to.
+func TestDataWhileDialing(t *testing.T) {
+	cfg := testConfig()
+	cfg.DialTimeout = 200 * time.Millisecond
+	h := newHarness(t, cfg)
+	h.setService(makeTestService("web", func(s *v1.Service) { s.Spec.ClusterIPs = []string{"127.10.4.151"} }))
+	h.setEndpoints("web", v1.ProtocolTCP, blackhole(t), tcpBackend(t, "127.0.4.1:0", "backend-1"))
+	h.sync()
+	var slowest time.Duration
+	for range 2 { // round-robin: one of the two dials the black hole first
+		start := time.Now()
+		c, err := net.Dial("tcp", "127.10.4.151:18080")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte("early data")); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		got, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		if string(got) != "backend-1\nearly data" {
+			t.Fatalf("got %q, want the greeting and the early data echoed, then EOF", got)
+		}
+		slowest = max(slowest, time.Since(start))
+	}
+	if slowest < cfg.DialTimeout {
+		t.Fatalf("no connection waited for the dial timeout (slowest %v)", slowest)
+	}
 }

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -426,4 +428,99 @@ func TestSCTPNotProxied(t *testing.T) {
 	if st := h.p.Stats(); len(st) != 1 || st[0].Protocol != "TCP" {
 		t.Fatalf("stats %+v, want the TCP port only", st)
 	}
+}
+
+// Many connections at once, small and bulk (spliced) ones, each checked byte
+// for byte both ways; the counters add up and every connection is released.
+func TestManyConnections(t *testing.T) {
+	h := newHarness(t, testConfig())
+	h.setService(makeTestService("web", func(s *v1.Service) { s.Spec.ClusterIPs = []string{"127.10.4.160"} }))
+	h.setEndpoints("web", v1.ProtocolTCP, threeBackends(t)...)
+	h.sync()
+	const conns = 200
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	var sent atomic.Uint64
+	for i := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			size := 1 + i*i*7%(300<<10) // 1 B to 300 KiB
+			payload := make([]byte, size)
+			for j := range payload {
+				payload[j] = byte(i + j)
+			}
+			c, err := net.DialTimeout("tcp", "127.10.4.160:18080", 5*time.Second)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+			go func() {
+				_, _ = c.Write(payload)
+				_ = c.(*net.TCPConn).CloseWrite()
+			}()
+			got, err := io.ReadAll(c)
+			if err != nil {
+				errs <- fmt.Errorf("connection %d: %w", i, err)
+				return
+			}
+			greeting, echo, _ := strings.Cut(string(got), "\n")
+			if !strings.HasPrefix(greeting, "backend-") || echo != string(payload) {
+				errs <- fmt.Errorf("connection %d: %d bytes back, want a greeting and %d", i, len(got), size)
+				return
+			}
+			sent.Add(uint64(size))
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if t.Failed() {
+		return
+	}
+	eventually(t, 2*time.Second, func() error {
+		var total, active, in uint64
+		for _, e := range h.p.Stats()[0].Endpoints {
+			total += e.Total
+			active += uint64(e.Active)
+			in += e.BytesIn
+		}
+		if total != conns || active != 0 || in != sent.Load() || h.p.active.Load() != 0 {
+			return fmt.Errorf("total %d active %d (proxier %d) bytes in %d, want %d, 0 and %d",
+				total, active, h.p.active.Load(), in, conns, sent.Load())
+		}
+		return nil
+	})
+}
+
+// A client that resets its connection ends the proxied one at once.
+func TestClientReset(t *testing.T) {
+	h := newHarness(t, testConfig())
+	h.setService(makeTestService("web", func(s *v1.Service) { s.Spec.ClusterIPs = []string{"127.10.4.161"} }))
+	h.setEndpoints("web", v1.ProtocolTCP, threeBackends(t)...)
+	h.sync()
+	c, err := dialService(t, "", "127.10.4.161:18080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.roundTrip("before the reset"); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetLinger(0)
+	_ = c.Close()
+	eventually(t, 2*time.Second, func() error {
+		if n := h.p.active.Load(); n != 0 {
+			return fmt.Errorf("%d connections open", n)
+		}
+		for _, e := range h.p.Stats()[0].Endpoints {
+			if e.Active != 0 {
+				return fmt.Errorf("endpoint %s: %d active", e.Endpoint, e.Active)
+			}
+		}
+		return nil
+	})
 }

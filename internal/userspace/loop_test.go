@@ -1,0 +1,111 @@
+package userspace
+
+import (
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Commands posted from many goroutines all run, each loop's in order; a
+// stopped loop refuses new ones.
+func TestLoopCommands(t *testing.T) {
+	cfg := testConfig()
+	cfg.EventLoops = 3
+	p, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.loops) != 3 {
+		t.Fatalf("%d loops, want 3", len(p.loops))
+	}
+	const posters, each = 8, 500
+	var ran atomic.Int64
+	var wg sync.WaitGroup
+	for i := range posters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lp := p.loops[i%len(p.loops)]
+			last := -1
+			for j := range each {
+				// Runs on the loop; last is only touched there, in order.
+				if !lp.post(func() {
+					if j != last+1 {
+						t.Errorf("poster %d: command %d ran after %d", i, j, last)
+					}
+					last = j
+					ran.Add(1)
+				}) {
+					t.Error("post to a running loop failed")
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for _, lp := range p.loops {
+		done := make(chan struct{})
+		lp.post(func() { close(done) })
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("a loop did not run its commands")
+		}
+	}
+	if n := ran.Load(); n != posters*each {
+		t.Fatalf("%d commands ran, want %d", n, posters*each)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if p.loops[0].post(func() {}) {
+		t.Fatal("a stopped loop accepted a command")
+	}
+}
+
+// Linux copies TCP_NODELAY from the listener to accepted sockets, which is
+// why listenTCP sets it once instead of once per connection.
+func TestAcceptedSocketsInheritNoDelay(t *testing.T) {
+	fd, err := listenTCP(netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(sa.(*unix.SockaddrInet4).Port)).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var nfd int
+	var src netip.Addr
+	var e unix.Errno
+	for range 100 { // the listener is non-blocking
+		if nfd, src, e = sysAccept(fd); e != unix.EAGAIN {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if e != 0 {
+		t.Fatalf("accept: %v", e)
+	}
+	defer unix.Close(nfd)
+	if src != netip.MustParseAddr("127.0.0.1") {
+		t.Fatalf("client address %v", src)
+	}
+	v, err := unix.GetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY)
+	if err != nil || v == 0 {
+		t.Fatalf("TCP_NODELAY on the accepted socket: %d, %v", v, err)
+	}
+	fl, err := unix.FcntlInt(uintptr(nfd), unix.F_GETFL, 0)
+	if err != nil || fl&unix.O_NONBLOCK == 0 {
+		t.Fatalf("accepted socket is not non-blocking: %#x, %v", fl, err)
+	}
+}
