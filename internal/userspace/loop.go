@@ -72,8 +72,9 @@ const (
 	// pipeSize is the capacity asked for splice pipes (as Go's net package
 	// does); the kernel caps it at fs.pipe-max-size.
 	pipeSize = 1 << 20
-	// pooled bounds the free buffers and pipes a loop keeps.
-	pooled = 64
+	// pooledBufs and pooledPipes bound the free buffers and pipes a loop keeps.
+	pooledBufs  = 64
+	pooledPipes = 16
 	// eventBatch is how many events one epoll_wait returns at most.
 	eventBatch = 256
 )
@@ -333,7 +334,7 @@ func (lp *loop) getBuf() []byte {
 }
 
 func (lp *loop) putBuf(b []byte) {
-	if len(lp.bufs) < pooled {
+	if len(lp.bufs) < pooledBufs {
 		lp.bufs = append(lp.bufs, b[:copyBufSize])
 	}
 }
@@ -355,7 +356,7 @@ func (lp *loop) getPipe() (pipe, error) {
 
 // putPipe keeps an empty pipe for reuse; one still holding data is closed.
 func (lp *loop) putPipe(pp pipe, empty bool) {
-	if empty && len(lp.pipes) < pooled && !lp.stopping {
+	if empty && len(lp.pipes) < pooledPipes && !lp.stopping {
 		lp.pipes = append(lp.pipes, pp)
 		return
 	}

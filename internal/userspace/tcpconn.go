@@ -183,13 +183,14 @@ func (c *tcpConn) onEvent(s *sock, ev uint32) {
 		if c.state != connOpen {
 			return
 		}
-	} else if ev&unix.EPOLLERR != 0 {
-		// A reset or another socket error: the connection is over.
-		c.close()
-		return
 	}
 	c.pump(&c.up)
 	c.pump(&c.down)
+	if ev&unix.EPOLLERR != 0 {
+		// A reset or another socket error: the connection is over, once
+		// what could still be read and passed on was.
+		c.close()
+	}
 }
 
 // soError is the pending error of a socket, for a failed connect.
