@@ -174,19 +174,35 @@ func (k *netlinkKernel) set(f family, s setSpec) (*gnft.Set, error) {
 	return set, nil
 }
 
-func toSetElements(els []Element) []gnft.SetElement {
-	out := make([]gnft.SetElement, len(els))
-	for i, e := range els {
-		out[i] = gnft.SetElement{Key: e.Key, KeyEnd: e.KeyEnd, Val: e.Val}
-		switch e.Verdict {
-		case "":
-		case verdictDrop:
-			out[i].VerdictData = &expr.Verdict{Kind: expr.VerdictDrop}
-		default:
-			out[i].VerdictData = &expr.Verdict{Kind: expr.VerdictGoto, Chain: e.Verdict}
-		}
+// elementConverter turns Elements into the library's SetElements, reusing its
+// buffer from chunk to chunk and one Verdict per target (the library only reads
+// them while encoding): a full sync converts every element once.
+type elementConverter struct {
+	buf      []gnft.SetElement
+	verdicts map[string]*expr.Verdict
+}
+
+func (ec *elementConverter) convert(els []Element) []gnft.SetElement {
+	ec.buf = slices.Grow(ec.buf[:0], len(els))[:len(els)]
+	if ec.verdicts == nil {
+		ec.verdicts = map[string]*expr.Verdict{}
 	}
-	return out
+	for i, e := range els {
+		ec.buf[i] = gnft.SetElement{Key: e.Key, KeyEnd: e.KeyEnd, Val: e.Val}
+		if e.Verdict == "" {
+			continue
+		}
+		v := ec.verdicts[e.Verdict]
+		if v == nil {
+			v = &expr.Verdict{Kind: expr.VerdictGoto, Chain: e.Verdict}
+			if e.Verdict == verdictDrop {
+				v = &expr.Verdict{Kind: expr.VerdictDrop}
+			}
+			ec.verdicts[e.Verdict] = v
+		}
+		ec.buf[i].VerdictData = v
+	}
+	return ec.buf
 }
 
 func (k *netlinkKernel) chain(f family, name string) *gnft.Chain {
@@ -203,6 +219,7 @@ func (k *netlinkKernel) chain(f family, name string) *gnft.Chain {
 func (k *netlinkKernel) Apply(_ context.Context, tx *transaction) (err error) {
 	defer k.resetAfter(&err)
 	c := k.conn
+	var conv elementConverter
 	for _, ft := range tx.fams {
 		if ft.empty() {
 			continue
@@ -253,7 +270,7 @@ func (k *netlinkKernel) Apply(_ context.Context, tx *transaction) (err error) {
 				return err
 			}
 			for chunk := range slices.Chunk(ft.dels[name], batchElems) {
-				if err := c.SetDeleteElements(s, toSetElements(chunk)); err != nil {
+				if err := c.SetDeleteElements(s, conv.convert(chunk)); err != nil {
 					return fmt.Errorf("delete elements of %s: %w", name, err)
 				}
 			}
@@ -264,7 +281,7 @@ func (k *netlinkKernel) Apply(_ context.Context, tx *transaction) (err error) {
 				return err
 			}
 			for chunk := range slices.Chunk(ft.adds[name], batchElems) {
-				if err := c.SetAddElements(s, toSetElements(chunk)); err != nil {
+				if err := c.SetAddElements(s, conv.convert(chunk)); err != nil {
 					return fmt.Errorf("add elements to %s: %w", name, err)
 				}
 			}
