@@ -381,6 +381,11 @@ func containsName(names []ServicePortName, n ServicePortName) bool {
 }
 
 func sortedSlices(m map[string]*discovery.EndpointSlice) []*discovery.EndpointSlice {
+	if len(m) == 1 { // most services: nothing to sort
+		for _, s := range m {
+			return []*discovery.EndpointSlice{s}
+		}
+	}
 	out := make([]*discovery.EndpointSlice, 0, len(m))
 	for _, k := range sortedKeys(m) {
 		out = append(out, m[k])

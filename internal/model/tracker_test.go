@@ -371,3 +371,24 @@ func TestUnassignedEndpointsAreLocalInStandalone(t *testing.T) {
 		}
 	}
 }
+
+// An address and port listed twice (two slices during a handover, or one slice
+// twice) is one endpoint, with the conditions of the first slice by name.
+func TestDuplicateEndpointsAreMerged(t *testing.T) {
+	tr := newSyncedTracker(t)
+	tr.OnServiceAdd(makeService("ns", "web", nil))
+	notReady := ep{ip: "10.0.0.2", node: "node-b"}
+	tr.OnEndpointSliceAdd(makeSlice("ns", "web", "web-b", discovery.AddressTypeIPv4, 8080, notReady, ready("10.0.0.3", "node-b")))
+	tr.OnEndpointSliceAdd(makeSlice("ns", "web", "web-a", discovery.AddressTypeIPv4, 8080,
+		ready("10.0.0.2", "node-a"), ready("10.0.0.1", "node-a"), ready("10.0.0.1", "node-a")))
+	pv := tr.Snapshot().Ports[webHTTP]
+	if pv == nil {
+		t.Fatal("no port view")
+	}
+	if got, want := ips(pv.Endpoints), []string{"10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"}; !slices.Equal(got, want) {
+		t.Fatalf("endpoints %v, want %v", got, want)
+	}
+	if e := pv.Endpoints[1]; !e.Ready || e.NodeName != "node-a" || !e.Local {
+		t.Errorf("10.0.0.2 = %+v, want slice web-a's version (ready, node-a, local)", *e)
+	}
+}
