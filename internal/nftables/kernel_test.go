@@ -383,8 +383,15 @@ func TestKernelBadSyncKeepsTraffic(t *testing.T) {
 	fk := &failingKernel{kernel: b.p.k, fail: true}
 	b.p.k = fk
 	b.w.tr.OnEndpointSliceUpdate(nil, withName(makeSlice("web", 8080, v1.ProtocolTCP, b.podEps(8080, v1.IPv4Protocol, 1)...), "web-IPv4"))
-	if err := b.p.Sync(context.Background(), b.w.snap(), false); !IsTransactionError(err) {
+	err := b.p.Sync(context.Background(), b.w.snap(), false)
+	if !IsTransactionError(err) {
 		t.Fatalf("sync with an invalid element: %v, want a transaction error", err)
+	}
+	t.Logf("refused: %v", err)
+	// The error names the refused message; the others were acknowledged.
+	var errno syscall.Errno
+	if !strings.Contains(err.Error(), "add elements to "+setClusterIPs+": ") || !errors.As(err, &errno) {
+		t.Errorf("sync with an invalid element: %q, want one \"add elements to %s: <errno>\"", err, setClusterIPs)
 	}
 	if seen := reach(t, b.pods[1].NS, "tcp", ap("10.96.0.10:80"), 5); seen["poda"] != 5 {
 		t.Errorf("after a failed sync: reached %v, want the old endpoint poda", seen)

@@ -6,23 +6,27 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"strings"
 
 	gnft "github.com/google/nftables"
-	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
-// netlinkKernel programs nf_tables over netlink (github.com/google/nftables),
-// without the nft binary: at 10,000 services that skips about a second of nft
-// parsing per full sync and the ~15 ms process start and table read per
-// incremental one (see README.md for the measurements).
+// netlinkKernel programs nf_tables over netlink, without the nft binary: at
+// 10,000 services that skips about a second of nft parsing per full sync and
+// the ~15 ms process start and table read per incremental one (see README.md
+// for the measurements). Transactions are encoded here (batch.go) and sent on
+// tx; reads and table removal go through github.com/google/nftables on conn.
 type netlinkKernel struct {
 	cfg  *Config
 	conn *gnft.Conn
+	tx   *netlink.Conn
+	pid  uint32 // tx's netlink port ID
+	seq  uint32 // the last sequence number used on tx
 	nsfd *os.File
+	rbuf []byte // tx's receive buffer
+	wbuf []byte // the last batch's buffer, when small (keepBatch)
 }
 
 // batchElems bounds the elements per netlink message: the element list is one
@@ -35,8 +39,12 @@ const batchElems = 512
 // sync of 10,000 services is one batch of several megabytes.
 const socketBuffer = 256 << 20
 
+// keepBatch is the largest batch buffer kept for the next transaction:
+// incremental syncs reuse theirs, a cold sync's megabytes go back to the GC.
+const keepBatch = 1 << 20
+
 func newNetlinkKernel(cfg *Config) (*netlinkKernel, error) {
-	k := &netlinkKernel{cfg: cfg}
+	k := &netlinkKernel{cfg: cfg, rbuf: make([]byte, 1<<17)}
 	if cfg.NetNSPath != "" {
 		f, err := os.Open(cfg.NetNSPath)
 		if err != nil {
@@ -44,39 +52,97 @@ func newNetlinkKernel(cfg *Config) (*netlinkKernel, error) {
 		}
 		k.nsfd = f
 	}
-	conn, err := k.dial()
-	if err != nil {
+	if err := k.dial(); err != nil {
 		k.Close()
 		return nil, fmt.Errorf("netlink to nf_tables: %w", err)
 	}
-	k.conn = conn
 	return k, nil
 }
 
-// dial opens the lasting netlink socket to nf_tables.
-func (k *netlinkKernel) dial() (*gnft.Conn, error) {
-	opts := []gnft.ConnOption{gnft.AsLasting(), gnft.WithSockOptions(func(c *netlink.Conn) error {
-		rc, err := c.SyscallConn()
-		if err != nil {
-			return err
-		}
-		var serr error
-		if err := rc.Control(func(fd uintptr) {
-			serr = errors.Join(
-				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, socketBuffer),
-				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, socketBuffer))
-		}); err != nil {
-			return err
-		}
-		return serr
-	})}
-	if k.nsfd != nil {
-		opts = append(opts, gnft.WithNetNSFd(int(k.nsfd.Fd())))
+// forceBuffers sets the socket buffers to socketBuffer, above net.core's limits.
+func forceBuffers(c *netlink.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
 	}
-	return gnft.New(opts...)
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = errors.Join(
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, socketBuffer),
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, socketBuffer))
+	}); err != nil {
+		return err
+	}
+	return serr
 }
 
-// resetAfter replaces the socket when an operation failed. A request the kernel
+// dial opens the lasting netlink sockets to nf_tables, in the configured
+// network namespace, and replaces the current ones.
+func (k *netlinkKernel) dial() error {
+	opts := []gnft.ConnOption{gnft.AsLasting(), gnft.WithSockOptions(forceBuffers)}
+	ns := 0
+	if k.nsfd != nil {
+		ns = int(k.nsfd.Fd())
+		opts = append(opts, gnft.WithNetNSFd(ns))
+	}
+	conn, err := gnft.New(opts...)
+	if err != nil {
+		return err
+	}
+	tx, pid, err := dialTx(ns)
+	if err != nil {
+		_ = conn.CloseLasting()
+		return err
+	}
+	_ = k.closeSockets()
+	k.conn, k.tx, k.pid = conn, tx, pid
+	return nil
+}
+
+// dialTx opens the transaction socket, as the library does (netlink.Dial
+// enters the namespace on a locked thread to create it).
+func dialTx(ns int) (*netlink.Conn, uint32, error) {
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: ns})
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := forceBuffers(c); err != nil {
+		c.Close()
+		return nil, 0, err
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		c.Close()
+		return nil, 0, err
+	}
+	var sa unix.Sockaddr
+	var serr error
+	if err := rc.Control(func(fd uintptr) { sa, serr = unix.Getsockname(int(fd)) }); err != nil || serr != nil {
+		c.Close()
+		return nil, 0, errors.Join(err, serr)
+	}
+	nl, ok := sa.(*unix.SockaddrNetlink)
+	if !ok {
+		c.Close()
+		return nil, 0, fmt.Errorf("netlink socket address %T", sa)
+	}
+	return c, nl.Pid, nil
+}
+
+func (k *netlinkKernel) closeSockets() error {
+	var err error
+	if k.conn != nil {
+		err = k.conn.CloseLasting()
+		k.conn = nil
+	}
+	if k.tx != nil {
+		err = errors.Join(err, k.tx.Close())
+		k.tx = nil
+	}
+	return err
+}
+
+// resetAfter replaces the sockets when an operation failed. A request the kernel
 // refused (EPERM from a table someone else owns, ENOENT, a partial batch) can
 // leave unread replies queued on the socket; the next request would then read
 // them as its own and fail with "mismatched sequence" forever. A fresh socket
@@ -85,22 +151,12 @@ func (k *netlinkKernel) resetAfter(err *error) {
 	if *err == nil {
 		return
 	}
-	conn, derr := k.dial()
-	if derr != nil {
-		// Keep the old socket: the next failure tries again.
-		return
-	}
-	if k.conn != nil {
-		_ = k.conn.CloseLasting()
-	}
-	k.conn = conn
+	// On failure dial keeps the old sockets: the next failure tries again.
+	_ = k.dial()
 }
 
 func (k *netlinkKernel) Close() error {
-	var err error
-	if k.conn != nil {
-		err = k.conn.CloseLasting()
-	}
+	err := k.closeSockets()
 	if k.nsfd != nil {
 		err = errors.Join(err, k.nsfd.Close())
 	}
@@ -120,190 +176,113 @@ func (k *netlinkKernel) table(f family) *gnft.Table {
 	return &gnft.Table{Name: k.cfg.TableName, Family: tableFamily(f)}
 }
 
-func datatype(f family, fl field) gnft.SetDatatype {
-	switch fl {
-	case fAddr:
-		if f.addrSz == 16 {
-			return gnft.TypeIP6Addr
-		}
-		return gnft.TypeIPAddr
-	case fProto:
-		return gnft.TypeInetProto
-	case fPort:
-		return gnft.TypeInetService
-	}
-	// The slot is a host-order 32-bit number. nft's "integer" has no fixed
-	// size, and nft 1.0.6 aborts listing a concatenation containing one; "mark"
-	// has the same layout and lists fine.
-	return gnft.TypeMark
-}
-
-func concatType(f family, fields []field) (gnft.SetDatatype, error) {
-	if len(fields) == 1 {
-		return datatype(f, fields[0]), nil
-	}
-	ts := make([]gnft.SetDatatype, len(fields))
-	for i, fl := range fields {
-		ts[i] = datatype(f, fl)
-	}
-	return gnft.ConcatSetType(ts...)
-}
-
-func (k *netlinkKernel) set(f family, s setSpec) (*gnft.Set, error) {
-	kt, err := concatType(f, s.key)
-	if err != nil {
-		return nil, fmt.Errorf("set %s key: %w", s.name, err)
-	}
-	set := &gnft.Set{
-		Table: k.table(f), Name: s.name, KeyType: kt,
-		Concatenation: len(s.key) > 1, Interval: s.interval,
-	}
-	switch {
-	case s.verdict:
-		set.IsMap, set.DataType = true, gnft.TypeVerdict
-	case s.data != nil:
-		dt, err := concatType(f, s.data)
-		if err != nil {
-			return nil, fmt.Errorf("set %s data: %w", s.name, err)
-		}
-		set.IsMap, set.DataType = true, dt
-	}
-	if s.dynamic {
-		set.HasTimeout, set.Dynamic, set.Size = true, true, affinitySetSize
-	}
-	return set, nil
-}
-
-// elementConverter turns Elements into the library's SetElements, reusing its
-// buffer from chunk to chunk and one Verdict per target (the library only reads
-// them while encoding): a full sync converts every element once.
-type elementConverter struct {
-	buf      []gnft.SetElement
-	verdicts map[string]*expr.Verdict
-}
-
-func (ec *elementConverter) convert(els []Element) []gnft.SetElement {
-	ec.buf = slices.Grow(ec.buf[:0], len(els))[:len(els)]
-	if ec.verdicts == nil {
-		ec.verdicts = map[string]*expr.Verdict{}
-	}
-	for i, e := range els {
-		ec.buf[i] = gnft.SetElement{Key: e.Key, KeyEnd: e.KeyEnd, Val: e.Val}
-		if e.Verdict == "" {
-			continue
-		}
-		v := ec.verdicts[e.Verdict]
-		if v == nil {
-			v = &expr.Verdict{Kind: expr.VerdictGoto, Chain: e.Verdict}
-			if e.Verdict == verdictDrop {
-				v = &expr.Verdict{Kind: expr.VerdictDrop}
-			}
-			ec.verdicts[e.Verdict] = v
-		}
-		ec.buf[i].VerdictData = v
-	}
-	return ec.buf
-}
-
-func (k *netlinkKernel) chain(f family, name string) *gnft.Chain {
-	c := &gnft.Chain{Name: name, Table: k.table(f)}
-	for _, b := range baseChains {
-		if b.name == name {
-			accept := gnft.ChainPolicyAccept
-			c.Type, c.Hooknum, c.Priority, c.Policy = b.typ, b.hook, gnft.ChainPriorityRef(gnft.ChainPriority(b.prio)), &accept
-		}
-	}
-	return c
-}
-
 func (k *netlinkKernel) Apply(_ context.Context, tx *transaction) (err error) {
 	defer k.resetAfter(&err)
-	c := k.conn
-	var conv elementConverter
-	for _, ft := range tx.fams {
-		if ft.empty() {
-			continue
+	b := newBatch(k.wbuf, k.pid, k.seq+1, txSize(tx, k.cfg.TableName))
+	k.wbuf = nil
+	defer func() {
+		if cap(b.buf) <= keepBatch {
+			k.wbuf = b.buf[:0]
 		}
-		f := ft.fam
-		t := c.AddTable(k.table(f))
-		for _, name := range ft.flushChains {
-			c.FlushChain(&gnft.Chain{Name: name, Table: t})
-		}
-		for _, name := range ft.delChainsEarly {
-			c.DelChain(&gnft.Chain{Name: name, Table: t})
-		}
-		for _, name := range ft.delSetsEarly {
-			c.DelSet(&gnft.Set{Name: name, Table: t})
-		}
-		for _, name := range ft.flushSets {
-			c.FlushSet(&gnft.Set{Name: name, Table: t})
-		}
-		sets := map[string]*gnft.Set{}
-		for _, s := range ft.newSets {
-			set, err := k.set(f, s)
-			if err != nil {
-				return err
-			}
-			if err := c.AddSet(set, nil); err != nil {
-				return fmt.Errorf("add set %s: %w", s.name, err)
-			}
-			sets[s.name] = set
-		}
-		for _, name := range ft.newChains {
-			c.AddChain(k.chain(f, name))
-		}
-		setByName := func(name string) (*gnft.Set, error) {
-			if s, ok := sets[name]; ok {
-				return s, nil
-			}
-			spec, ok := specFor(name)
-			if !ok {
-				return nil, fmt.Errorf("unknown set %q", name)
-			}
-			s, err := k.set(f, spec)
-			sets[name] = s
-			return s, err
-		}
-		for _, name := range sortedKeys(ft.dels) {
-			s, err := setByName(name)
-			if err != nil {
-				return err
-			}
-			for chunk := range slices.Chunk(ft.dels[name], batchElems) {
-				if err := c.SetDeleteElements(s, conv.convert(chunk)); err != nil {
-					return fmt.Errorf("delete elements of %s: %w", name, err)
-				}
-			}
-		}
-		for _, name := range sortedKeys(ft.adds) {
-			s, err := setByName(name)
-			if err != nil {
-				return err
-			}
-			for chunk := range slices.Chunk(ft.adds[name], batchElems) {
-				if err := c.SetAddElements(s, conv.convert(chunk)); err != nil {
-					return fmt.Errorf("add elements to %s: %w", name, err)
-				}
-			}
-		}
-		p := newProgram(tx.cfg, f, ft.affinity)
-		for _, name := range ft.ruleChains {
-			ch := &gnft.Chain{Name: name, Table: t}
-			for _, exprs := range p.rules(name) {
-				c.AddRule(&gnft.Rule{Table: t, Chain: ch, Exprs: exprs})
-			}
-		}
-		for _, name := range ft.delChains {
-			c.DelChain(&gnft.Chain{Name: name, Table: t})
-		}
-		for _, name := range ft.delSets {
-			c.DelSet(&gnft.Set{Name: name, Table: t})
-		}
+	}()
+	if err := b.encode(tx, k.cfg.TableName); err != nil {
+		return err
 	}
-	if err := c.Flush(); err != nil {
+	k.seq = b.seq
+	if len(b.ops) == 0 {
+		return nil
+	}
+	wire, err := b.finish()
+	if err != nil {
+		return err
+	}
+	if err := k.send(wire); err != nil {
+		return fmt.Errorf("send nftables batch: %w", err)
+	}
+	if err := k.receiveAcks(b); err != nil {
 		return &TransactionError{Err: err}
 	}
 	return nil
+}
+
+// send writes the whole batch with one sendmsg: nfnetlink processes it in
+// this call, all or nothing.
+func (k *netlinkKernel) send(wire []byte) error {
+	rc, err := k.tx.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Write(func(fd uintptr) bool {
+		serr = unix.Sendto(int(fd), wire, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+		return serr != unix.EAGAIN
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// receiveAcks reads one acknowledgement (NLMSG_ERROR, errno 0 for success)
+// per message, as the library's Flush does, and returns the refused ones
+// named by what they did ("add elements to frontends: file exists"). The
+// kernel delivers them after the commit or abort, after the rules it echoes
+// (NLM_F_ECHO), which are skipped. Errors about the batch as a whole (EPERM
+// without CAP_NET_ADMIN, an invalid batch) and ENOBUFS (replies lost) come
+// once: then the rest is not waited for, and resetAfter drops the socket.
+func (k *netlinkKernel) receiveAcks(b *batch) error {
+	rc, err := k.tx.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	pending := len(b.ops)
+	for pending > 0 {
+		var n, flags int
+		var rerr error
+		if err := rc.Read(func(fd uintptr) bool {
+			n, _, flags, _, rerr = unix.Recvmsg(int(fd), k.rbuf, nil, 0)
+			return rerr != unix.EAGAIN
+		}); err != nil {
+			return err
+		}
+		if rerr != nil {
+			return fmt.Errorf("receive acks: %w", rerr)
+		}
+		if flags&unix.MSG_TRUNC != 0 {
+			return errors.New("receive acks: reply truncated")
+		}
+		for p := k.rbuf[:n]; len(p) >= nlmsgHdrLen; {
+			l := int(binary.NativeEndian.Uint32(p))
+			if l < nlmsgHdrLen || l > len(p) {
+				return fmt.Errorf("receive acks: malformed message of %d bytes", l)
+			}
+			typ := binary.NativeEndian.Uint16(p[4:])
+			body := p[nlmsgHdrLen:l]
+			p = p[min(len(p), (l+3)&^3):]
+			if typ != unix.NLMSG_ERROR {
+				continue // an echoed rule
+			}
+			if len(body) < 4+nlmsgHdrLen {
+				return errors.New("receive acks: short error message")
+			}
+			errno := unix.Errno(-int32(binary.NativeEndian.Uint32(body)))
+			i := int(binary.NativeEndian.Uint32(body[4+8:]) - b.first)
+			if i < 0 || i >= len(b.ops) {
+				// Not one of the messages: about the batch itself.
+				return fmt.Errorf("batch: %w", errno)
+			}
+			pending--
+			if errno == 0 {
+				continue
+			}
+			err := fmt.Errorf("%s: %w", b.ops[i], errno)
+			if errno == unix.EPERM || errno == unix.ENOBUFS {
+				return err // the kernel sends only this one
+			}
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func isNotExist(err error) bool {
