@@ -175,6 +175,11 @@ func (c *tcpConn) toBulk(d *flow) {
 		_ = sysSetsockoptInt(d.src.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, size)
 		_ = sysSetsockoptInt(d.dst.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, size)
 	}
+	if !c.bulk {
+		c.bulk = true
+		c.lp.bulk.Add(1)
+		c.balance()
+	}
 }
 
 // spliceIn moves data from the source socket into the (empty) pipe. With the

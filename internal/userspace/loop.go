@@ -34,7 +34,8 @@ type loop struct {
 	mu      sync.Mutex
 	cmds    []func()
 	stopped bool
-	woken   atomic.Bool // an eventfd write is pending: posters need not write again
+	woken   atomic.Bool  // an eventfd write is pending: posters need not write again
+	bulk    atomic.Int64 // connections with a spliced direction, for balance
 
 	// Owned by the loop goroutine.
 	slots     []slot // by file descriptor

@@ -1,6 +1,8 @@
 package userspace
 
 import (
+	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -9,6 +11,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	v1 "k8s.io/api/core/v1"
 )
 
 // Commands posted from many goroutines all run, each loop's in order; a
@@ -107,5 +110,80 @@ func TestAcceptedSocketsInheritNoDelay(t *testing.T) {
 	fl, err := unix.FcntlInt(uintptr(nfd), unix.F_GETFL, 0)
 	if err != nil || fl&unix.O_NONBLOCK == 0 {
 		t.Fatalf("accepted socket is not non-blocking: %#x, %v", fl, err)
+	}
+}
+
+// Bulk connections accepted by one loop spread over the loops as they turn
+// bulk, and their data stays intact through the move.
+func TestBulkConnectionsSpread(t *testing.T) {
+	cfg := testConfig()
+	cfg.EventLoops = 2
+	h := newHarness(t, cfg)
+	h.setService(makeTestService("web", func(s *v1.Service) { s.Spec.ClusterIPs = []string{"127.10.4.170"} }))
+	h.setEndpoints("web", v1.ProtocolTCP, threeBackends(t)...)
+	h.sync()
+	const conns = 4
+	stop := make(chan struct{})
+	errs := make(chan error, conns)
+	for i := range conns {
+		c, err := dialService(t, "", "127.10.4.170:18080")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			buf := make([]byte, 64<<10)
+			var sent int
+			for {
+				select {
+				case <-stop:
+					_ = c.CloseWrite()
+					return
+				default:
+				}
+				for j := range buf {
+					buf[j] = byte(sent + j + i)
+				}
+				n, err := c.Write(buf)
+				sent += n
+				if err != nil {
+					return
+				}
+			}
+		}()
+		go func() {
+			_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			buf := make([]byte, 64<<10)
+			var got int
+			for {
+				n, err := c.r.Read(buf)
+				for j := range n {
+					if buf[j] != byte(got+j+i) {
+						errs <- fmt.Errorf("connection %d: byte %d is %d, want %d", i, got+j, buf[j], byte(got+j+i))
+						return
+					}
+				}
+				got += n
+				if err != nil {
+					if err == io.EOF && got > 0 {
+						err = nil
+					}
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	eventually(t, 5*time.Second, func() error {
+		a, b := h.p.loops[0].bulk.Load(), h.p.loops[1].bulk.Load()
+		if a != 2 || b != 2 {
+			return fmt.Errorf("bulk connections per loop: %d and %d, want 2 and 2", a, b)
+		}
+		return nil
+	})
+	close(stop)
+	for range conns {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }

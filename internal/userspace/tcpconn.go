@@ -3,6 +3,7 @@ package userspace
 import (
 	"net/netip"
 	"os"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -19,13 +20,16 @@ const (
 	connClosed
 )
 
-// tcpConn is one proxied TCP connection, owned by one loop.
+// tcpConn is one proxied TCP connection, owned by one loop at a time.
 type tcpConn struct {
-	lp  *loop
-	f   *front
-	sp  *servicePort
-	src netip.Addr
-	fam family
+	lp *loop // the owner; only the owner's goroutine uses the connection
+	// owner is lp for other goroutines (abort): a bulk connection may move
+	// to another loop (see balance).
+	owner atomic.Pointer[loop]
+	f     *front
+	sp    *servicePort
+	src   netip.Addr
+	fam   family
 	// ep is the endpoint dialed; once the connection is tracked it no longer
 	// changes, and the service port reads it (under its lock) to find the
 	// connections of a deleted endpoint.
@@ -38,6 +42,8 @@ type tcpConn struct {
 
 	state    connState
 	tracked  bool
+	bulk     bool  // a direction splices; counted in lp.bulk
+	moveTo   *loop // set by balance: move after the current event
 	deadline int64 // of the dial in progress, on the loop clock
 	last     int64 // when data last moved, on the loop clock
 	idx      int   // in lp.conns
@@ -58,6 +64,7 @@ func (s *sock) onEvent(ev uint32) { s.c.onEvent(s, ev) }
 
 func newTCPConn(lp *loop, f *front, fd int, src netip.Addr, fam family) *tcpConn {
 	c := &tcpConn{lp: lp, f: f, sp: f.sp, src: src, fam: fam}
+	c.owner.Store(lp)
 	c.tried = c.triedBuf[:0]
 	c.client = sock{c: c, fd: fd}
 	c.backend = sock{c: c, fd: -1}
@@ -68,9 +75,22 @@ func newTCPConn(lp *loop, f *front, fd int, src netip.Addr, fam family) *tcpConn
 
 func (c *tcpConn) endpoint() *endpoint { return c.ep }
 
-// abort closes the connection from any goroutine (grace period over, idle
+// abort closes the connection from any goroutine (grace period over,
 // service port removed, proxier closing).
-func (c *tcpConn) abort() { c.lp.post(c.close) }
+func (c *tcpConn) abort() {
+	lp := c.owner.Load()
+	lp.post(func() { c.closeOn(lp) })
+}
+
+// closeOn closes the connection if lp still owns it, else asks the loop it
+// moved to.
+func (c *tcpConn) closeOn(lp *loop) {
+	if o := c.owner.Load(); o != lp {
+		o.post(func() { c.closeOn(o) })
+		return
+	}
+	c.close()
+}
 
 // dial starts connecting to the next endpoint, at most MaxDialAttempts per
 // client; false when none is left. The connect completes (or fails) in an
@@ -191,6 +211,13 @@ func (c *tcpConn) onEvent(s *sock, ev uint32) {
 		// what could still be read and passed on was.
 		c.close()
 	}
+	if to := c.moveTo; to != nil {
+		// Cleared first: once moved, the connection is the other loop's.
+		c.moveTo = nil
+		if c.state == connOpen {
+			c.move(to)
+		}
+	}
 }
 
 // soError is the pending error of a socket, for a failed connect.
@@ -224,6 +251,9 @@ func (c *tcpConn) close() {
 	c.up.release(lp)
 	c.down.release(lp)
 	lp.removeConn(c)
+	if c.bulk {
+		lp.bulk.Add(-1)
+	}
 	if open {
 		c.ep.connClosed()
 		if c.tracked {

@@ -1,0 +1,62 @@
+package userspace
+
+import "golang.org/x/sys/unix"
+
+// Connections stay in the loop that accepted them, and which loop accepts is
+// a race: the loop already awake usually wins, so under a high rate of short
+// connections one loop takes most of them. That is the cheap outcome (handing
+// each over to another loop cost a wakeup, and a third of them moved,
+// measured as fewer connections per second), but a few long transfers landing
+// on one loop leave the others idle: four bulk connections on one of two
+// loops moved a third less. So a connection moves when it turns bulk, if
+// its loop then carries at least two bulk connections more than another.
+
+// balance picks a loop with fewer bulk connections for c, which just turned
+// bulk; the move happens after the current event (move).
+func (c *tcpConn) balance() {
+	least, target := c.lp.bulk.Load()-1, (*loop)(nil)
+	for _, o := range c.lp.p.loops {
+		if n := o.bulk.Load(); n < least {
+			least, target = n, o
+		}
+	}
+	c.moveTo = target
+}
+
+// move hands the connection to another loop: its sockets leave this loop's epoll
+// set and join the other's, which reports their readiness afresh (with edge
+// triggering an ADD reports the current state, so nothing that arrived in
+// between is missed). Its buffer and pipe go with it.
+func (c *tcpConn) move(to *loop) {
+	from := c.lp
+	for _, s := range []*sock{&c.client, &c.backend} {
+		from.forget(s.fd)
+		_ = sysEpollCtl(from.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+	}
+	from.removeConn(c)
+	from.bulk.Add(-1)
+	to.bulk.Add(1)
+	c.lp = to
+	c.owner.Store(to)
+	if !to.post(func() { to.adopt(c) }) {
+		// The proxier is closing: close it here.
+		to.bulk.Add(-1)
+		from.bulk.Add(1)
+		c.lp = from
+		c.owner.Store(from)
+		from.addConn(c)
+		c.close()
+	}
+}
+
+// adopt takes over a connection moved from another loop.
+func (lp *loop) adopt(c *tcpConn) {
+	lp.addConn(c)
+	for _, s := range []*sock{&c.client, &c.backend} {
+		if err := lp.register(s.fd, s, connEvents); err != nil {
+			lp.p.log.Warn("cannot move a connection", "err", err)
+			c.close()
+			return
+		}
+	}
+}
