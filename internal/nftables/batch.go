@@ -178,30 +178,27 @@ func (b *batch) newTable(fam byte, table string) {
 // delChain, flushChain (DELRULE naming a chain), delSet and flushSet
 // (DELSETELEM without elements) name one object of the table.
 func (b *batch) delChain(fam byte, table, name string) {
-	m := b.msg(unix.NFT_MSG_DELCHAIN, flagsReq, fam, batchOp{"delete chain", name})
-	b.attrString(unix.NFTA_CHAIN_TABLE, table)
-	b.attrString(unix.NFTA_CHAIN_NAME, name)
-	b.endMsg(m)
+	b.objectMsg(unix.NFT_MSG_DELCHAIN, fam, "delete chain", table, name, unix.NFTA_CHAIN_TABLE, unix.NFTA_CHAIN_NAME)
 }
 
 func (b *batch) flushChain(fam byte, table, name string) {
-	m := b.msg(unix.NFT_MSG_DELRULE, flagsReq, fam, batchOp{"flush chain", name})
-	b.attrString(unix.NFTA_RULE_TABLE, table)
-	b.attrString(unix.NFTA_RULE_CHAIN, name)
-	b.endMsg(m)
+	b.objectMsg(unix.NFT_MSG_DELRULE, fam, "flush chain", table, name, unix.NFTA_RULE_TABLE, unix.NFTA_RULE_CHAIN)
 }
 
 func (b *batch) delSet(fam byte, table, name string) {
-	m := b.msg(unix.NFT_MSG_DELSET, flagsReq, fam, batchOp{"delete set", name})
-	b.attrString(unix.NFTA_SET_TABLE, table)
-	b.attrString(unix.NFTA_SET_NAME, name)
-	b.endMsg(m)
+	b.objectMsg(unix.NFT_MSG_DELSET, fam, "delete set", table, name, unix.NFTA_SET_TABLE, unix.NFTA_SET_NAME)
 }
 
 func (b *batch) flushSet(fam byte, table, name string) {
-	m := b.msg(unix.NFT_MSG_DELSETELEM, flagsReq, fam, batchOp{"flush set", name})
-	b.attrString(unix.NFTA_SET_TABLE, table)
-	b.attrString(unix.NFTA_SET_NAME, name)
+	b.objectMsg(unix.NFT_MSG_DELSETELEM, fam, "flush set", table, name, unix.NFTA_SET_TABLE, unix.NFTA_SET_NAME)
+}
+
+// objectMsg writes a message whose only attributes are the table and the
+// object's name.
+func (b *batch) objectMsg(typ uint16, fam byte, what, table, name string, tableAttr, nameAttr uint16) {
+	m := b.msg(typ, flagsReq, fam, batchOp{what, name})
+	b.attrString(tableAttr, table)
+	b.attrString(nameAttr, name)
 	b.endMsg(m)
 }
 
