@@ -61,7 +61,7 @@ func applyKubeProxyConfiguration(path string, c *config.Config, fs *pflag.FlagSe
 	})
 	if len(kp.NodePortAddresses) > 0 && !fs.Changed("nodeport-addresses") {
 		if len(kp.NodePortAddresses) == 1 && kp.NodePortAddresses[0] == "primary" {
-			warn("config " + path + ": nodePortAddresses [primary] is served as every node address")
+			c.NodePortPrimary, c.NodePortAddresses = true, nil
 		} else if p, err := config.ParseCIDRs(strings.Join(kp.NodePortAddresses, ",")); err != nil {
 			errs = append(errs, fmt.Sprintf("nodePortAddresses: %v", err))
 		} else {

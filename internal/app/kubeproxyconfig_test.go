@@ -69,6 +69,18 @@ func TestKubeProxyConfigurationFile(t *testing.T) {
 					t.Errorf("min sync period %v: fields without a flag still come from the file", c.MinSyncPeriod)
 				}
 			}},
+		{"--nodeport-addresses=primary replaces the file's CIDRs", []string{"--nodeport-addresses=primary"},
+			func(t *testing.T, c config.Config) {
+				if !c.NodePortPrimary || c.NodePortAddresses != nil {
+					t.Errorf("primary %v, addresses %v: want primary and no CIDRs", c.NodePortPrimary, c.NodePortAddresses)
+				}
+			}},
+		{"CIDRs on the command line win over the file", []string{"--nodeport-addresses=10.1.0.0/16"},
+			func(t *testing.T, c config.Config) {
+				if c.NodePortPrimary || !slices.Equal(c.NodePortAddresses, []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}) {
+					t.Errorf("primary %v, addresses %v", c.NodePortPrimary, c.NodePortAddresses)
+				}
+			}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -105,5 +117,30 @@ func TestKubeProxyConfigurationErrors(t *testing.T) {
 	_, err := o.complete(fs, func(string) {})
 	if err == nil || !strings.Contains(err.Error(), "bogusField") || !strings.Contains(err.Error(), path) {
 		t.Fatalf("error = %v, want one naming the file and the unknown field", err)
+	}
+}
+
+func TestKubeProxyConfigurationNodePortPrimary(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	data := strings.Replace(kubeProxyConfig, `nodePortAddresses: ["192.168.100.0/24"]`, `nodePortAddresses: ["primary"]`, 1)
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o := &options{cfg: config.Defaults()}
+	fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
+	o.addRunFlags(fs)
+	if err := fs.Parse([]string{"--config", path}); err != nil {
+		t.Fatal(err)
+	}
+	var warnings []string
+	c, err := o.complete(fs, func(w string) { warnings = append(warnings, w) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.NodePortPrimary || c.NodePortAddresses != nil {
+		t.Errorf("primary %v, addresses %v: want primary and no CIDRs", c.NodePortPrimary, c.NodePortAddresses)
+	}
+	if w := strings.Join(warnings, "\n"); strings.Contains(w, "nodePortAddresses") {
+		t.Errorf("nodePortAddresses [primary] is supported, yet warned about: %q", w)
 	}
 }

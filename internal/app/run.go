@@ -53,7 +53,7 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.ServiceProxyName, "service-proxy-name", c.ServiceProxyName, "Also serve services labelled service.kubernetes.io/service-proxy-name with this value")
 	fs.StringVar(&c.Mode, "proxy-mode", c.Mode, "nftables or userspace (default: nftables as root when nftables works, otherwise userspace)")
 	fs.StringVar(&o.clusterCIDR, "cluster-cidr", o.clusterCIDR, "CIDR[,CIDR] of the pod network: traffic to services from outside it is masqueraded")
-	fs.StringVar(&o.nodePortAddr, "nodeport-addresses", o.nodePortAddr, "CIDR[,CIDR] of the node addresses NodePorts answer on (default: every node address except loopback)")
+	fs.StringVar(&o.nodePortAddr, "nodeport-addresses", o.nodePortAddr, "CIDR[,CIDR] of the node addresses NodePorts answer on, or primary for the node's primary address of each family (default: every node address except loopback)")
 	fs.BoolVar(&c.MasqueradeAll, "masquerade-all", c.MasqueradeAll, "Masquerade all traffic sent to service addresses")
 	fs.BoolVar(&c.LocalhostNodePorts, "localhost-nodeports", c.LocalhostNodePorts, "nftables mode: let NodePorts answer on 127.0.0.1 (sets net.ipv4.conf.all.route_localnet=1; see CVE-2020-8558)")
 	fs.DurationVar(&c.SyncPeriod, "sync-period", c.SyncPeriod, "The longest time between full syncs of the data plane")
@@ -92,10 +92,15 @@ func (o *options) complete(fs *pflag.FlagSet, warn func(string)) (config.Config,
 			return c, fmt.Errorf("--cluster-cidr: %w", err)
 		}
 	}
-	if o.nodePortAddr != "" {
+	switch o.nodePortAddr {
+	case "":
+	case "primary":
+		c.NodePortPrimary, c.NodePortAddresses = true, nil
+	default:
 		if c.NodePortAddresses, err = config.ParseCIDRs(o.nodePortAddr); err != nil {
-			return c, fmt.Errorf("--nodeport-addresses: %w", err)
+			return c, fmt.Errorf("--nodeport-addresses: %w (or the single word primary)", err)
 		}
+		c.NodePortPrimary = false
 	}
 	if c.HostnameOverride == "" {
 		c.HostnameOverride = defaultNodeName()
@@ -198,6 +203,9 @@ func runProxy(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	}
 	families := familiesOf(cfg)
 
+	if cfg.NodePortPrimary {
+		cfg.NodePortAddresses = primaryNodePortAddresses(ctx, log, cfg)
+	}
 	plane, err := newDataplane(ctx, log, cfg, mode, m)
 	if err != nil {
 		return err

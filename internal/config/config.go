@@ -47,7 +47,11 @@ type Config struct {
 	Mode              string
 	ClusterCIDRs      []netip.Prefix
 	NodePortAddresses []netip.Prefix
-	MasqueradeAll     bool
+	// NodePortPrimary (--nodeport-addresses=primary) limits NodePorts to the
+	// node's primary address of each family; run resolves it into
+	// NodePortAddresses at start, as kube-proxy does.
+	NodePortPrimary bool
+	MasqueradeAll   bool
 	SyncPeriod        time.Duration
 	MinSyncPeriod     time.Duration
 	// NFTablesTable is the name of kproxy's own nftables tables (ip and ip6).

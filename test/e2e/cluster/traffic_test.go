@@ -95,9 +95,15 @@ func setupTwoNodes(t *testing.T, ctx context.Context) *twoNodes {
 		ns   *netnstest.Node
 	}{{"node-a", env.a}, {"node-b", env.b}} {
 		env.proxies[n.name] = startProxy(t, c, "kproxy-"+n.name, n.ns.Name, bin, func(kubeconfig string) []string {
-			return []string{"run", "--kubeconfig=" + kubeconfig, "--proxy-mode=nftables", "--hostname-override=" + n.name,
+			args := []string{"run", "--kubeconfig=" + kubeconfig, "--proxy-mode=nftables", "--hostname-override=" + n.name,
 				"--cluster-cidr=10.244.0.0/16", "--metrics-bind-address=127.0.0.1:10249",
 				"--healthz-bind-address=0.0.0.0:10256"}
+			if n.name == "node-a" {
+				// Node a serves NodePorts on its InternalIP (192.168.10.1) only,
+				// not on its uplink or bridge; node b on all its addresses.
+				args = append(args, "--nodeport-addresses=primary")
+			}
+			return args
 		})
 	}
 	for name, p := range env.proxies {
@@ -222,6 +228,15 @@ func TestTwoNodes(t *testing.T) {
 	t.Run("NodePort on node a reaches pods on node b", func(t *testing.T) {
 		eventually(t, "node port a", wantPods(t, env.client.NS, npA, "pod-a", "pod-b"))
 		eventually(t, "node port b", wantPods(t, env.client.NS, npB, "pod-a", "pod-b"))
+	})
+	t.Run("--nodeport-addresses=primary: NodePorts on the Node's InternalIP only", func(t *testing.T) {
+		// Node a's uplink address is a node address but not its primary one.
+		uplinkA := netip.AddrPortFrom(env.a.UplinkV4, nodePort)
+		if names, _, errs := answers(t, env.client.NS, uplinkA, 3); errs != 3 {
+			t.Errorf("node a answered the NodePort on %v (pods %v): want refused, primary is %v", uplinkA, names, env.linkA)
+		}
+		// Node b, without the flag, answers on any of its addresses, its bridge too.
+		eventually(t, "node b's bridge address", wantPods(t, env.podB.NS, netip.AddrPortFrom(env.b.BridgeV4, nodePort), "pod-a", "pod-b"))
 	})
 
 	_, err = c.Client.CoreV1().Services("default").Patch(ctx, "web", types.MergePatchType,
