@@ -52,8 +52,8 @@ type Config struct {
 	// NodePortAddresses at start, as kube-proxy does.
 	NodePortPrimary bool
 	MasqueradeAll   bool
-	SyncPeriod        time.Duration
-	MinSyncPeriod     time.Duration
+	SyncPeriod      time.Duration
+	MinSyncPeriod   time.Duration
 	// NFTablesTable is the name of kproxy's own nftables tables (ip and ip6).
 	NFTablesTable string
 	// LocalhostNodePorts makes NodePorts answer on 127.0.0.1 (sets route_localnet).
