@@ -46,8 +46,8 @@ type Config struct {
 	// buffer of the receiving side of a TCP direction once it carries bulk
 	// data (it filled a 16 KiB read) and is spliced. 0 leaves the kernel's autotuning.
 	BulkSocketBuffer int
-	// EventLoops is the number of TCP event loops (threads serving TCP
-	// connections); 0 means GOMAXPROCS.
+	// EventLoops is the number of TCP event loops (goroutines, each with its
+	// own epoll set of connections); 0 means GOMAXPROCS.
 	EventLoops int
 	// Logger receives the data plane's logs; nil means slog.Default() with a
 	// dataplane=userspace attribute.

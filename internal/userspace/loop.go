@@ -203,10 +203,9 @@ func (lp *loop) run() {
 // wait returns the next batch of events. It polls the loop's epoll set
 // without blocking and, when nothing is ready, parks the goroutine in Go's
 // netpoller, where the epoll descriptor itself is registered (it reads as
-// ready when its own set has events). A blocking epoll_wait would instead
-// hold a P in a system call: the runtime's sysmon retakes such Ps, which
-// measured as an extra 0.8 futex and nanosleep calls and 0.6 context switches
-// per proxied connection.
+// ready when its own set has events). A blocking epoll_wait would be a system
+// call the runtime must be told about (entersyscall), which wakes sysmon and
+// lets it retake the P (see rawsys.go).
 //
 // Readiness that arrives after RawConn.Read cleared the poller's state, even
 // before the poll below, is kept for the wait; what arrived earlier is still
