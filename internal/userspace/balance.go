@@ -37,12 +37,14 @@ func (c *tcpConn) move(to *loop) {
 	from.bulk.Add(-1)
 	to.bulk.Add(1)
 	c.lp = to
+	c.held = false
 	c.owner.Store(to)
 	if !to.post(func() { to.adopt(c) }) {
 		// The proxier is closing: close it here.
 		to.bulk.Add(-1)
 		from.bulk.Add(1)
 		c.lp = from
+		c.held = true
 		c.owner.Store(from)
 		from.addConn(c)
 		c.close()
@@ -51,6 +53,7 @@ func (c *tcpConn) move(to *loop) {
 
 // adopt takes over a connection moved from another loop.
 func (lp *loop) adopt(c *tcpConn) {
+	c.held = true
 	lp.addConn(c)
 	for _, s := range []*sock{&c.client, &c.backend} {
 		if err := lp.register(s.fd, s, connEvents); err != nil {

@@ -43,6 +43,7 @@ type tcpConn struct {
 	state    connState
 	tracked  bool
 	bulk     bool  // a direction splices; counted in lp.bulk
+	held     bool  // in its owner's set: false while moving to another loop
 	moveTo   *loop // set by balance: move after the current event
 	deadline int64 // of the dial in progress, on the loop clock
 	last     int64 // when data last moved, on the loop clock
@@ -65,6 +66,7 @@ func (s *sock) onEvent(ev uint32) { s.c.onEvent(s, ev) }
 func newTCPConn(lp *loop, f *front, fd int, src netip.Addr, fam family) *tcpConn {
 	c := &tcpConn{lp: lp, f: f, sp: f.sp, src: src, fam: fam}
 	c.owner.Store(lp)
+	c.held = true
 	c.tried = c.triedBuf[:0]
 	c.client = sock{c: c, fd: fd}
 	c.backend = sock{c: c, fd: -1}
@@ -82,10 +84,11 @@ func (c *tcpConn) abort() {
 	lp.post(func() { c.closeOn(lp) })
 }
 
-// closeOn closes the connection if lp still owns it, else asks the loop it
-// moved to.
+// closeOn closes the connection if lp owns it, else asks the loop it moved
+// to; a loop that owns it but has not taken it in yet (the command doing so
+// is queued) asks itself again later.
 func (c *tcpConn) closeOn(lp *loop) {
-	if o := c.owner.Load(); o != lp {
+	if o := c.owner.Load(); o != lp || !c.held {
 		o.post(func() { c.closeOn(o) })
 		return
 	}
