@@ -47,7 +47,8 @@ type Config struct {
 	// data (it filled a 16 KiB read) and is spliced. 0 leaves the kernel's autotuning.
 	BulkSocketBuffer int
 	// EventLoops is the number of TCP event loops (goroutines, each with its
-	// own epoll set of connections); 0 means GOMAXPROCS.
+	// own epoll set of connections); 0 means half of GOMAXPROCS, at least one
+	// (see README.md on why not one per P).
 	EventLoops int
 	// Logger receives the data plane's logs; nil means slog.Default() with a
 	// dataplane=userspace attribute.

@@ -97,7 +97,7 @@ func newProxier(cfg Config, m *metrics.Metrics, addrs addrManager) (*Proxier, er
 	}
 	n := cfg.EventLoops
 	if n == 0 {
-		n = runtime.GOMAXPROCS(0)
+		n = max(1, runtime.GOMAXPROCS(0)/2)
 	}
 	for range n {
 		lp, err := newLoop(p)
