@@ -117,21 +117,9 @@ func (c *tcpConn) copyIn(d *flow) {
 	lp := c.lp
 	buf := lp.scratch
 	n, err := sysRead(d.src.fd, buf)
-	switch {
-	case err == unix.EAGAIN:
-		d.src.readable = false
-		return
-	case err == unix.EINTR:
-		return
-	case err != 0:
-		c.close()
-		return
-	case n == 0:
-		d.eof = true
+	if !c.received(d, n, err) {
 		return
 	}
-	c.last = lp.now
-	d.account(n)
 	full := n == len(buf)
 	if !full {
 		d.src.readable = false
@@ -186,22 +174,29 @@ func (c *tcpConn) toBulk(d *flow) {
 // pipe empty, EAGAIN can only mean the socket is drained.
 func (c *tcpConn) spliceIn(d *flow) {
 	n, err := sysSplice(d.src.fd, d.pipe.w, spliceMax)
+	if c.received(d, n, err) {
+		d.inPipe += n
+	}
+}
+
+// received handles what a read or splice from the flow's source returned: it
+// reports whether n bytes arrived (and counts them); otherwise it notes a
+// drained socket or end of stream, or closes the connection on an error.
+func (c *tcpConn) received(d *flow, n int, err unix.Errno) bool {
 	switch {
 	case err == unix.EAGAIN:
 		d.src.readable = false
-		return
 	case err == unix.EINTR:
-		return
 	case err != 0:
 		c.close()
-		return
 	case n == 0:
 		d.eof = true
-		return
+	default:
+		c.last = c.lp.now
+		d.account(n)
+		return true
 	}
-	c.last = c.lp.now
-	d.inPipe += n
-	d.account(n)
+	return false
 }
 
 // end passes the end of the stream on as a FIN, unless the other direction
