@@ -84,14 +84,7 @@ func TestKubeProxyConfigurationFile(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			o := &options{cfg: config.Defaults()}
-			fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
-			o.addRunFlags(fs)
-			if err := fs.Parse(append([]string{"--config", path}, tc.flags...)); err != nil {
-				t.Fatal(err)
-			}
-			var warnings []string
-			c, err := o.complete(fs, func(w string) { warnings = append(warnings, w) })
+			c, warnings, err := runOptions(t, append([]string{"--config", path}, tc.flags...)...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -108,13 +101,7 @@ func TestKubeProxyConfigurationErrors(t *testing.T) {
 	if err := os.WriteFile(path, []byte(strings.Replace(kubeProxyConfig, "mode: nftables", "mode: nftables\nbogusField: 1", 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	o := &options{cfg: config.Defaults()}
-	fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
-	o.addRunFlags(fs)
-	if err := fs.Parse([]string{"--config", path}); err != nil {
-		t.Fatal(err)
-	}
-	_, err := o.complete(fs, func(string) {})
+	_, _, err := runOptions(t, "--config", path)
 	if err == nil || !strings.Contains(err.Error(), "bogusField") || !strings.Contains(err.Error(), path) {
 		t.Fatalf("error = %v, want one naming the file and the unknown field", err)
 	}
@@ -126,14 +113,7 @@ func TestKubeProxyConfigurationNodePortPrimary(t *testing.T) {
 	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	o := &options{cfg: config.Defaults()}
-	fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
-	o.addRunFlags(fs)
-	if err := fs.Parse([]string{"--config", path}); err != nil {
-		t.Fatal(err)
-	}
-	var warnings []string
-	c, err := o.complete(fs, func(w string) { warnings = append(warnings, w) })
+	c, warnings, err := runOptions(t, "--config", path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,4 +123,19 @@ func TestKubeProxyConfigurationNodePortPrimary(t *testing.T) {
 	if w := strings.Join(warnings, "\n"); strings.Contains(w, "nodePortAddresses") {
 		t.Errorf("nodePortAddresses [primary] is supported, yet warned about: %q", w)
 	}
+}
+
+// runOptions parses args as `kproxy run` does and completes the configuration,
+// returning it with the warnings it drew.
+func runOptions(t *testing.T, args ...string) (config.Config, []string, error) {
+	t.Helper()
+	o := &options{cfg: config.Defaults()}
+	fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
+	o.addRunFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	var warnings []string
+	c, err := o.complete(fs, func(w string) { warnings = append(warnings, w) })
+	return c, warnings, err
 }
