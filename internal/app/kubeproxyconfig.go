@@ -50,6 +50,28 @@ func applyKubeProxyConfiguration(path string, c *config.Config, fs *pflag.FlagSe
 	if kp.MetricsBindAddress != "" {
 		set("metrics-bind-address", func() { c.MetricsBindAddress = kp.MetricsBindAddress })
 	}
+	ct := kp.Conntrack
+	if ct.MaxPerCore != nil {
+		set("conntrack-max-per-core", func() { c.Conntrack.MaxPerCore = int(*ct.MaxPerCore) })
+	}
+	if ct.Min != nil {
+		set("conntrack-min", func() { c.Conntrack.Min = int(*ct.Min) })
+	}
+	if ct.TCPEstablishedTimeout != nil {
+		set("conntrack-tcp-timeout-established", func() { c.Conntrack.TCPEstablishedTimeout = ct.TCPEstablishedTimeout.Duration })
+	}
+	if ct.TCPCloseWaitTimeout != nil {
+		set("conntrack-tcp-timeout-close-wait", func() { c.Conntrack.TCPCloseWaitTimeout = ct.TCPCloseWaitTimeout.Duration })
+	}
+	if ct.TCPBeLiberal {
+		set("conntrack-tcp-be-liberal", func() { c.Conntrack.TCPBeLiberal = true })
+	}
+	if ct.UDPTimeout.Duration != 0 {
+		set("conntrack-udp-timeout", func() { c.Conntrack.UDPTimeout = ct.UDPTimeout.Duration })
+	}
+	if ct.UDPStreamTimeout.Duration != 0 {
+		set("conntrack-udp-timeout-stream", func() { c.Conntrack.UDPStreamTimeout = ct.UDPStreamTimeout.Duration })
+	}
 	// The loader already warned about modes kproxy does not have (iptables, ipvs):
 	// those fall back to the automatic choice.
 	if kp.Mode == config.ModeNFTables {

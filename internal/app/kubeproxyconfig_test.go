@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/kproxy/kproxy/internal/config"
+	"github.com/kproxy/kproxy/internal/conntrack"
 )
 
 const kubeProxyConfig = `apiVersion: kubeproxy.config.k8s.io/v1alpha1
@@ -26,6 +27,12 @@ clientConnection:
   kubeconfig: /var/lib/kproxy/kubeconfig
   qps: 50
   burst: 100
+conntrack:
+  maxPerCore: 0
+  min: 131072
+  tcpEstablishedTimeout: 24h0m0s
+  tcpCloseWaitTimeout: 1h0m0s
+  udpTimeout: 30s
 nftables:
   masqueradeAll: true
   syncPeriod: 45s
@@ -58,7 +65,19 @@ func TestKubeProxyConfigurationFile(t *testing.T) {
 			if !slices.Equal(c.NodePortAddresses, []netip.Prefix{netip.MustParsePrefix("192.168.100.0/24")}) {
 				t.Errorf("nodeport addresses = %v", c.NodePortAddresses)
 			}
+			// maxPerCore 0 leaves the table size alone, as with kube-proxy.
+			if want := (conntrack.Settings{Min: 131072, TCPEstablishedTimeout: 24 * time.Hour, TCPCloseWaitTimeout: time.Hour,
+				UDPTimeout: 30 * time.Second}); c.Conntrack != want {
+				t.Errorf("conntrack = %+v, want %+v", c.Conntrack, want)
+			}
 		}},
+		{"conntrack flags win over the file", []string{"--conntrack-tcp-timeout-established=2h", "--conntrack-max-per-core=65536", "--conntrack-tcp-be-liberal"},
+			func(t *testing.T, c config.Config) {
+				if want := (conntrack.Settings{MaxPerCore: 65536, Min: 131072, TCPEstablishedTimeout: 2 * time.Hour, TCPCloseWaitTimeout: time.Hour,
+					UDPTimeout: 30 * time.Second, TCPBeLiberal: true}); c.Conntrack != want {
+					t.Errorf("conntrack = %+v, want %+v", c.Conntrack, want)
+				}
+			}},
 		{"flags on the command line win", []string{"--sync-period=1m", "--hostname-override=node-z", "--cluster-cidr=10.0.0.0/8", "--proxy-mode=userspace"},
 			func(t *testing.T, c config.Config) {
 				if c.SyncPeriod != time.Minute || c.HostnameOverride != "node-z" || c.Mode != config.ModeUserspace ||

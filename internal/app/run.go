@@ -21,6 +21,7 @@ import (
 
 	"github.com/kproxy/kproxy/internal/allocator"
 	"github.com/kproxy/kproxy/internal/config"
+	"github.com/kproxy/kproxy/internal/conntrack"
 	"github.com/kproxy/kproxy/internal/metrics"
 	"github.com/kproxy/kproxy/internal/model"
 	"github.com/kproxy/kproxy/internal/runner"
@@ -58,6 +59,13 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.LocalhostNodePorts, "localhost-nodeports", c.LocalhostNodePorts, "nftables mode: let NodePorts answer on 127.0.0.1 (sets net.ipv4.conf.all.route_localnet=1; see CVE-2020-8558)")
 	fs.DurationVar(&c.SyncPeriod, "sync-period", c.SyncPeriod, "The longest time between full syncs of the data plane")
 	fs.DurationVar(&c.MinSyncPeriod, "min-sync-period", c.MinSyncPeriod, "The shortest time between syncs (changes arriving faster are batched)")
+	fs.IntVar(&c.Conntrack.MaxPerCore, "conntrack-max-per-core", c.Conntrack.MaxPerCore, "nftables mode: raise nf_conntrack_max to this many entries per CPU (at least --conntrack-min); 0 leaves it alone")
+	fs.IntVar(&c.Conntrack.Min, "conntrack-min", c.Conntrack.Min, "nftables mode: the least nf_conntrack_max that --conntrack-max-per-core sets")
+	fs.DurationVar(&c.Conntrack.TCPEstablishedTimeout, "conntrack-tcp-timeout-established", c.Conntrack.TCPEstablishedTimeout, "nftables mode: conntrack timeout of established TCP connections (0: leave it)")
+	fs.DurationVar(&c.Conntrack.TCPCloseWaitTimeout, "conntrack-tcp-timeout-close-wait", c.Conntrack.TCPCloseWaitTimeout, "nftables mode: conntrack timeout of TCP connections in CLOSE_WAIT (0: leave it)")
+	fs.BoolVar(&c.Conntrack.TCPBeLiberal, "conntrack-tcp-be-liberal", c.Conntrack.TCPBeLiberal, "nftables mode: let conntrack accept out-of-window TCP packets instead of marking them invalid")
+	fs.DurationVar(&c.Conntrack.UDPTimeout, "conntrack-udp-timeout", c.Conntrack.UDPTimeout, "nftables mode: conntrack timeout of UDP entries without replies (0: leave it)")
+	fs.DurationVar(&c.Conntrack.UDPStreamTimeout, "conntrack-udp-timeout-stream", c.Conntrack.UDPStreamTimeout, "nftables mode: conntrack timeout of UDP entries with replies (0: leave it)")
 	fs.StringVar(&c.NFTablesTable, "nftables-table", c.NFTablesTable, "The name of kproxy's own nftables tables (ip and ip6 families)")
 	fs.DurationVar(&c.UserspaceIdleTimeout, "userspace-idle-timeout", c.UserspaceIdleTimeout, "Userspace mode: close TCP connections idle this long")
 	fs.IntVar(&c.UserspaceMaxConns, "userspace-max-connections", c.UserspaceMaxConns, "Userspace mode: the most TCP connections open at once (0: no limit)")
@@ -206,6 +214,7 @@ func runProxy(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	if cfg.NodePortPrimary {
 		cfg.NodePortAddresses = primaryNodePortAddresses(ctx, log, cfg)
 	}
+	applyConntrack(log, cfg.Conntrack, mode)
 	plane, err := newDataplane(ctx, log, cfg, mode, m)
 	if err != nil {
 		return err
@@ -304,4 +313,23 @@ func rulesOf(plane Dataplane) func(ctx context.Context) (string, error) {
 		return d.Dump
 	}
 	return nil
+}
+
+// applyConntrack sets the conntrack sysctls asked for, as kube-proxy does at
+// start. A failure is logged, not fatal: the proxy works with the kernel's values.
+func applyConntrack(log *slog.Logger, s conntrack.Settings, mode string) {
+	if s.Empty() {
+		return
+	}
+	if mode != config.ModeNFTables {
+		log.Warn("conntrack settings apply to the nftables mode only; ignored", "mode", mode)
+		return
+	}
+	changed, err := s.Apply()
+	for _, c := range changed {
+		log.Info("conntrack setting changed", "change", c)
+	}
+	if err != nil {
+		log.Error("could not apply every conntrack setting", "err", err)
+	}
 }

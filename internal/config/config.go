@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kproxy/kproxy/internal/allocator"
+	"github.com/kproxy/kproxy/internal/conntrack"
 )
 
 // Proxy modes.
@@ -56,6 +57,8 @@ type Config struct {
 	MinSyncPeriod   time.Duration
 	// NFTablesTable is the name of kproxy's own nftables tables (ip and ip6).
 	NFTablesTable string
+	// Conntrack holds the conntrack sysctls to set (nftables mode; only those set).
+	Conntrack conntrack.Settings
 	// LocalhostNodePorts makes NodePorts answer on 127.0.0.1 (sets route_localnet).
 	LocalhostNodePorts bool
 

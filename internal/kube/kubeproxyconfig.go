@@ -21,7 +21,6 @@ const (
 
 // honoured lists the KubeProxyConfiguration fields (JSON paths) whose meaning
 // carries over to kproxy. A prefix ending in "." covers every field below it.
-// (conntrack.* is not listed: kproxy leaves the conntrack sysctls to the node.)
 // Anything else that is set to a non-zero value draws a warning: the user must
 // learn that a setting they rely on does nothing here, but a kube-proxy file
 // (for example kubeadm's, which spells out every field) must still load.
@@ -40,6 +39,7 @@ var honoured = []string{
 	"nodePortAddresses",
 	"detectLocalMode",
 	"configSyncPeriod",
+	"conntrack.",
 	"nftables.masqueradeAll",
 	"nftables.syncPeriod",
 	"nftables.minSyncPeriod",

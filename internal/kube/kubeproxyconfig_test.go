@@ -39,6 +39,7 @@ mode: nftables
 nftables: {masqueradeAll: true, syncPeriod: 30s, minSyncPeriod: 1s}
 nodePortAddresses: [primary]
 hostnameOverride: node-a
+conntrack: {maxPerCore: 32768, min: 131072, tcpEstablishedTimeout: 24h, tcpCloseWaitTimeout: 1h, tcpBeLiberal: true, udpTimeout: 30s, udpStreamTimeout: 2m}
 `,
 			check: func(t *testing.T, syncPeriod time.Duration, masqAll bool) {
 				if syncPeriod != 30*time.Second || !masqAll {
@@ -50,10 +51,8 @@ hostnameOverride: node-a
 			name: "unsupported fields and values warn",
 			doc: `{"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
 "mode": "ipvs", "ipvs": {"scheduler": "rr", "strictARP": true}, "featureGates": {"Foo": true},
-"detectLocalMode": "InterfaceNamePrefix", "detectLocal": {"interfaceNamePrefix": "veth"},
-"conntrack": {"maxPerCore": 32768, "udpTimeout": "0s"}}`,
+"detectLocalMode": "InterfaceNamePrefix", "detectLocal": {"interfaceNamePrefix": "veth"}}`,
 			wantWarnings: []string{
-				"conntrack.maxPerCore is set but not supported by kproxy; ignored",
 				"detectLocal.interfaceNamePrefix is set but not supported by kproxy; ignored",
 				`detectLocalMode "InterfaceNamePrefix" is not supported by kproxy; ClusterCIDR is used`,
 				"featureGates.Foo: kproxy has no feature gates; ignored",

@@ -88,6 +88,7 @@ func TestRunNFTablesInANamespace(t *testing.T) {
 		"--nftables-table", "kproxy-e2e",
 		"--service-cluster-ip-range", "10.96.0.0/16,fd00:10:96::/112",
 		"--cluster-cidr", "10.244.0.0/16,fd00:10:244::/48",
+		"--conntrack-tcp-timeout-close-wait", "1234s", "--conntrack-udp-timeout", "45s",
 		"--min-sync-period", "100ms"), out: &syncBuffer{}}
 	kp.cmd.Stdout, kp.cmd.Stderr = kp.out, kp.out
 	if err := kp.cmd.Start(); err != nil {
@@ -106,6 +107,12 @@ func TestRunNFTablesInANamespace(t *testing.T) {
 		described = out
 		return err == nil && strings.Contains(out, a.V4.String()+":8080") && strings.Contains(out, b.V4.String()+":8080"), out
 	})
+	// The conntrack flags reached the node namespace's sysctls (set at start).
+	for name, want := range map[string]string{"net.netfilter.nf_conntrack_tcp_timeout_close_wait": "1234", "net.netfilter.nf_conntrack_udp_timeout": "45"} {
+		if got := strings.TrimSpace(node.MustExec("sysctl", "-n", name)); got != want {
+			t.Errorf("%s in the node namespace = %s, want %s", name, got, want)
+		}
+	}
 	vip4, vip6 := field(described, "IPs:", 0), field(described, "IPs:", 1)
 	if !strings.HasPrefix(vip4, "10.96.") || !strings.HasPrefix(vip6, "fd00:10:96::") {
 		t.Fatalf("cluster IPs %q %q not allocated from the ranges:\n%s", vip4, vip6, described)
