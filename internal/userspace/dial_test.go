@@ -131,3 +131,80 @@ func TestDataWhileDialing(t *testing.T) {
 		t.Fatalf("no connection waited for the dial timeout (slowest %v)", slowest)
 	}
 }
+
+// pauseLoop blocks the loop until the returned function is called, so that
+// connections wait in the accept queue meanwhile.
+func pauseLoop(t *testing.T, lp *loop) (resume func()) {
+	t.Helper()
+	entered, release := make(chan struct{}), make(chan struct{})
+	if !lp.post(func() { close(entered); <-release }) {
+		t.Fatal("loop stopped")
+	}
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the loop did not run the pause command")
+	}
+	return func() { close(release) }
+}
+
+// What the client sent before its connection was accepted is read at once
+// and sent with the connect (startEarly). When the endpoint refuses, the
+// same data goes to the next one, and is counted for the endpoint that got it.
+func TestEarlyDataFailsOver(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.4.9:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().(*net.TCPAddr).AddrPort()
+	ln.Close()
+
+	cfg := testConfig()
+	cfg.EventLoops = 1
+	h := newHarness(t, cfg)
+	h.setService(makeTestService("web", func(s *v1.Service) { s.Spec.ClusterIPs = []string{"127.10.4.152"} }))
+	live := tcpBackend(t, "127.0.4.1:0", "backend-1")
+	h.setEndpoints("web", v1.ProtocolTCP, dead, live)
+	h.sync()
+	const msg = "early data"
+	for range 2 { // round-robin: one of the two dials the dead endpoint first
+		resume := pauseLoop(t, h.p.loops[0])
+		c, err := net.Dial("tcp", "127.10.4.152:18080") // the kernel completes the handshake
+		if err != nil {
+			resume()
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_, err = c.Write([]byte(msg))
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		resume()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		got, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		if string(got) != "backend-1\n"+msg {
+			t.Fatalf("got %q, want the greeting and the early data echoed, then EOF", got)
+		}
+	}
+	eventually(t, 2*time.Second, func() error {
+		for _, e := range h.p.Stats()[0].Endpoints {
+			switch e.Endpoint {
+			case dead.String():
+				if e.DialFailures != 1 || e.Total != 0 || e.BytesIn != 0 {
+					return fmt.Errorf("dead endpoint: %+v, want one dial failure and nothing sent", e)
+				}
+			case live.String():
+				if e.Total != 2 || e.BytesIn != 2*uint64(len(msg)) || e.Active != 0 {
+					return fmt.Errorf("live endpoint: %+v, want 2 closed connections and %d bytes in", e, 2*len(msg))
+				}
+			}
+		}
+		return nil
+	})
+}

@@ -42,6 +42,7 @@ type tcpConn struct {
 
 	state    connState
 	tracked  bool
+	early    int   // bytes read from the client before the endpoint was connected, not yet counted
 	bulk     bool  // a direction splices; counted in lp.bulk
 	held     bool  // in its owner's set: false while moving to another loop
 	moveTo   *loop // set by balance: move after the current event
@@ -156,7 +157,69 @@ func (c *tcpConn) redial(err error) {
 	c.ep = nil
 	if !c.dial() {
 		c.reset()
+		return
 	}
+	if c.up.buf != nil {
+		c.sendEarly()
+	}
+}
+
+// startEarly runs right after the first connect was started. It reads what
+// the client has already sent (usually its request: the client writes as
+// soon as its own connect returns) and tries to pass it on at once, without
+// waiting for the connect's EPOLLOUT. Over loopback and veth the handshake
+// completes inside connect, so the write usually succeeds, which proves the
+// connection is up, and the request reaches the endpoint one loop round
+// earlier. When the client has sent nothing yet the read costs one call that
+// returns EAGAIN.
+//
+// The client socket was registered before this read: edge-triggered epoll
+// re-reads the readiness of a queued event when it is reported, so the
+// drained socket is not reported readable again.
+func (c *tcpConn) startEarly() {
+	lp := c.lp
+	n, err := sysRead(c.client.fd, lp.scratch)
+	switch {
+	case err == unix.EAGAIN || err == unix.EINTR || (err == 0 && n == 0):
+		// Nothing yet, or only the client's FIN: the events will tell.
+		return
+	case err != 0:
+		c.close()
+		return
+	}
+	c.early = n
+	c.last = lp.now
+	c.client.readable = n == len(lp.scratch)
+	d := &c.up
+	d.buf, d.off, d.end = lp.scratch, 0, n
+	lp.scratch = lp.getBuf()
+	c.sendEarly()
+}
+
+// sendEarly writes the client's data held by the up flow to the endpoint
+// being dialed. EAGAIN: the connect is still in progress, and its EPOLLOUT
+// will flush the data. Another error: the connect failed, and the next
+// endpoint is tried with the same data.
+func (c *tcpConn) sendEarly() {
+	d := &c.up
+	n, err := sysWrite(c.backend.fd, d.buf[d.off:d.end])
+	switch {
+	case err == unix.EAGAIN || err == unix.EINTR:
+		return
+	case err != 0:
+		c.redial(os.NewSyscallError("connect", err))
+		return
+	}
+	// The write took data: the connection is up. What the send buffer did
+	// not take is flushed on its EPOLLOUT.
+	d.off += n
+	c.backend.writable = d.off == d.end
+	if c.backend.writable {
+		c.lp.putBuf(d.buf)
+		d.buf = nil
+	}
+	c.connected()
+	c.pump(&c.up)
 }
 
 // connected runs when the backend's connect completed.
@@ -166,6 +229,10 @@ func (c *tcpConn) connected() {
 	ep, sp := c.ep, c.sp
 	c.up.epBytes, c.up.bytes = &ep.bytesIn, sp.bytesIn
 	c.down.epBytes, c.down.bytes = &ep.bytesOut, sp.bytesOut
+	if c.early > 0 {
+		c.up.account(c.early)
+		c.early = 0
+	}
 	ep.connOpened()
 	if !sp.track(c) {
 		// The service port was removed while dialing.

@@ -178,7 +178,9 @@ func (lp *loop) serve(l *listener, fd int, src netip.Addr) {
 	lp.addConn(c)
 	if !c.dial() {
 		c.reset()
+		return
 	}
+	c.startEarly()
 }
 
 // reset closes a socket with an RST, so the client sees a refusal at once
