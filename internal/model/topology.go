@@ -1,13 +1,49 @@
 package model
 
-import "slices"
+import (
+	"slices"
+
+	v1 "k8s.io/api/core/v1"
+)
 
 // categorize splits a port's endpoints into the sets traffic uses on this node,
 // following kube-proxy's CategorizeEndpoints: ready endpoints (topology-filtered)
 // for Cluster policy, this node's ready endpoints for Local policy, and in both
 // cases serving-terminating endpoints when no ready one exists.
+//
+// kube-proxy runs one proxier per IP family, each seeing only its family's
+// endpoints, so with endpoints of both families each family is categorized on
+// its own: IPv6 falls back to its serving-terminating endpoints even when IPv4
+// has ready ones, and a family without usable endpoints has none (HasAnyOf).
 func categorize(pv *PortView, node *Node) {
-	eps := pv.Endpoints
+	first := v1.IPv4Protocol
+	if len(pv.Endpoints) > 0 {
+		first = pv.Endpoints[0].Family()
+	}
+	if !slices.ContainsFunc(pv.Endpoints, func(ep *Endpoint) bool { return ep.Family() != first }) {
+		// Zero or one family, the common case.
+		any := categorizeFamily(pv, pv.Endpoints, node)
+		pv.HasAny = any
+		pv.hasAny = [2]bool{first == v1.IPv4Protocol && any, first == v1.IPv6Protocol && any}
+		return
+	}
+	v4 := ByFamily(pv.Endpoints, v1.IPv4Protocol)
+	v6 := &PortView{ServicePort: pv.ServicePort}
+	any6 := categorizeFamily(v6, ByFamily(pv.Endpoints, v1.IPv6Protocol), node)
+	any4 := categorizeFamily(pv, v4, node)
+	if pv.Cluster != nil {
+		pv.Cluster = slices.Concat(pv.Cluster, v6.Cluster)
+	}
+	if pv.Local != nil {
+		pv.Local = slices.Concat(pv.Local, v6.Local)
+	}
+	pv.HasAny = any4 || any6
+	pv.hasAny = [2]bool{any4, any6}
+}
+
+// categorizeFamily sets pv's Cluster and Local from eps, one family's
+// endpoints, and reports whether any of them is usable anywhere.
+func categorizeFamily(pv *PortView, eps []*Endpoint, node *Node) (hasAny bool) {
 	if pv.UsesClusterEndpoints() {
 		mode := topologyMode(eps, node)
 		pv.Cluster = filter(eps, func(ep *Endpoint) bool {
@@ -18,19 +54,19 @@ func categorize(pv *PortView, node *Node) {
 				return ep.Serving && ep.Terminating && availableForTopology(ep, mode, node)
 			})
 		}
-		pv.HasAny = len(pv.Cluster) > 0
+		hasAny = len(pv.Cluster) > 0
 	}
 	if !pv.UsesLocalEndpoints() {
-		return
+		return hasAny
 	}
 	var localReady, localServingTerminating bool
 	for _, ep := range eps {
 		switch {
 		case ep.Ready:
-			pv.HasAny = true
+			hasAny = true
 			localReady = localReady || ep.Local
 		case ep.Serving && ep.Terminating:
-			pv.HasAny = true
+			hasAny = true
 			localServingTerminating = localServingTerminating || ep.Local
 		}
 	}
@@ -42,6 +78,7 @@ func categorize(pv *PortView, node *Node) {
 	default:
 		pv.Local = []*Endpoint{}
 	}
+	return hasAny
 }
 
 // Topology modes, chosen from the hints the EndpointSlice controller wrote.

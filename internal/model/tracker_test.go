@@ -97,9 +97,12 @@ func TestCategorize(t *testing.T) {
 		name        string
 		svc         func(*v1.Service)
 		eps         []ep
+		eps6        []ep     // an IPv6 slice too: a dual-stack service
 		wantCluster []string // nil: cluster set unused
 		wantLocal   []string // nil: local set unused
 		wantHasAny  bool
+		wantHasAny6 bool // HasAnyOf(IPv6); HasAnyOf(IPv4) is checked against wantHasAny when there is no IPv6 slice
+		wantHasAny4 bool // HasAnyOf(IPv4) with an IPv6 slice
 	}{
 		{
 			name:        "ready endpoints only",
@@ -165,12 +168,41 @@ func TestCategorize(t *testing.T) {
 			wantCluster: []string{"10.244.1.1:8080", "10.244.1.3:8080"},
 			wantHasAny:  true,
 		},
+		{
+			// kube-proxy's IPv6 proxier sees only IPv6 endpoints: it falls back
+			// to the terminating one although IPv4 has a ready endpoint.
+			name:        "dual-stack: each family falls back on its own",
+			eps:         []ep{ready("10.244.1.1", "node-a")},
+			eps6:        []ep{terminating("fd00:10:244::1", "node-b"), {ip: "fd00:10:244::2", node: "node-b"}},
+			wantCluster: []string{"10.244.1.1:8080", "[fd00:10:244::1]:8080"},
+			wantHasAny:  true, wantHasAny4: true, wantHasAny6: true,
+		},
+		{
+			name:        "dual-stack: no usable IPv6 endpoint",
+			eps:         []ep{ready("10.244.1.1", "node-a")},
+			eps6:        []ep{{ip: "fd00:10:244::2", node: "node-b"}},
+			wantCluster: []string{"10.244.1.1:8080"},
+			wantHasAny:  true, wantHasAny4: true,
+		},
+		{
+			name: "dual-stack, internal traffic policy Local: has-any per family",
+			svc: func(s *v1.Service) {
+				s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+			},
+			eps:        []ep{{ip: "10.244.1.1", node: "node-a"}},
+			eps6:       []ep{ready("fd00:10:244::1", "node-b"), terminating("fd00:10:244::3", "node-a")},
+			wantLocal:  []string{"[fd00:10:244::3]:8080"},
+			wantHasAny: true, wantHasAny6: true,
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tr := newSyncedTracker(t)
 			tr.OnServiceAdd(makeService("ns", "web", tc.svc))
 			tr.OnEndpointSliceAdd(makeSlice("ns", "web", "web-1", discovery.AddressTypeIPv4, 8080, tc.eps...))
+			if tc.eps6 != nil {
+				tr.OnEndpointSliceAdd(makeSlice("ns", "web", "web-2", discovery.AddressTypeIPv6, 8080, tc.eps6...))
+			}
 			pv := tr.Snapshot().Ports[webHTTP]
 			if pv == nil {
 				t.Fatal("port missing from snapshot")
@@ -185,6 +217,13 @@ func TestCategorize(t *testing.T) {
 			check("Local", pv.Local, tc.wantLocal)
 			if pv.HasAny != tc.wantHasAny {
 				t.Errorf("HasAny = %v, want %v", pv.HasAny, tc.wantHasAny)
+			}
+			want4 := tc.wantHasAny
+			if tc.eps6 != nil {
+				want4 = tc.wantHasAny4
+			}
+			if got4, got6 := pv.HasAnyOf(v1.IPv4Protocol), pv.HasAnyOf(v1.IPv6Protocol); got4 != want4 || got6 != tc.wantHasAny6 {
+				t.Errorf("HasAnyOf IPv4, IPv6 = %v, %v; want %v, %v", got4, got6, want4, tc.wantHasAny6)
 			}
 		})
 	}

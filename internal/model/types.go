@@ -145,6 +145,18 @@ type PortView struct {
 	Local []*Endpoint
 	// HasAny is true when some usable endpoint exists anywhere in the cluster.
 	HasAny bool
+	hasAny [2]bool // HasAny per family: IPv4, IPv6
+}
+
+// HasAnyOf is HasAny for one IP family: whether traffic to the port's
+// addresses of that family has a usable endpoint anywhere. A dual-stack
+// service whose endpoints are all IPv4 has none for IPv6, so its IPv6
+// addresses reject, as kube-proxy's IPv6 proxier does.
+func (pv *PortView) HasAnyOf(family v1.IPFamily) bool {
+	if family == v1.IPv6Protocol {
+		return pv.hasAny[1]
+	}
+	return pv.hasAny[0]
 }
 
 // InternalEndpoints are the endpoints for traffic to the cluster IPs.
@@ -165,7 +177,7 @@ func (pv *PortView) ExternalEndpoints() []*Endpoint {
 }
 
 func (pv *PortView) equal(o *PortView) bool {
-	return pv.ServicePort.equal(o.ServicePort) && pv.HasAny == o.HasAny &&
+	return pv.ServicePort.equal(o.ServicePort) && pv.HasAny == o.HasAny && pv.hasAny == o.hasAny &&
 		endpointsEqual(pv.Endpoints, o.Endpoints) && endpointsEqual(pv.Cluster, o.Cluster) &&
 		endpointsEqual(pv.Local, o.Local) && (pv.Cluster == nil) == (o.Cluster == nil) &&
 		(pv.Local == nil) == (o.Local == nil)

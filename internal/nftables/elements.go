@@ -91,7 +91,7 @@ func buildPort(cfg *Config, f family, pv *model.PortView, scratch *contribution)
 		switch {
 		case len(internal) > 0:
 			serve(fe, internal)
-		case pv.HasAny:
+		case pv.HasAnyOf(f.v1):
 			// internalTrafficPolicy Local without a local endpoint: drop, as
 			// kube-proxy does (other nodes may serve it; this one must not).
 			c.add(mapNoEndpoints, Element{Key: enc(nil).frontend(fe), Verdict: verdictDrop})
@@ -127,7 +127,7 @@ func buildPort(cfg *Config, f family, pv *model.PortView, scratch *contribution)
 			if !pv.ExternalPolicyLocal || cfg.MasqueradeAll {
 				c.add(setMasq, Element{Key: enc(nil).frontend(fe)})
 			}
-		case pv.HasAny:
+		case pv.HasAnyOf(f.v1):
 			c.add(mapNoEndpoints, Element{Key: enc(nil).frontend(fe), Verdict: verdictDrop})
 		default:
 			c.add(mapNoEndpoints, Element{Key: enc(nil).frontend(fe), Verdict: chainReject})

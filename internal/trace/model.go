@@ -141,18 +141,11 @@ type familyView struct {
 }
 
 func viewFor(pv *model.PortView, family v1.IPFamily) familyView {
-	fv := familyView{cluster: model.ByFamily(pv.Cluster, family), local: model.ByFamily(pv.Local, family)}
-	fv.hasAny = len(fv.cluster) > 0 || len(fv.local) > 0
-	if pv.UsesLocalEndpoints() {
-		// Local policy: "has endpoints" looks at every usable endpoint in the
-		// cluster, so that a node without local ones drops instead of rejecting.
-		for _, ep := range pv.Endpoints {
-			if ep.Family() == family && (ep.Ready || (ep.Serving && ep.Terminating)) {
-				fv.hasAny = true
-			}
-		}
-	}
-	return fv
+	// Under a Local policy "has endpoints" looks at every usable endpoint in
+	// the cluster, so that a node without local ones drops instead of
+	// rejecting; the model categorizes each family on its own.
+	return familyView{cluster: model.ByFamily(pv.Cluster, family), local: model.ByFamily(pv.Local, family),
+		hasAny: pv.HasAnyOf(family)}
 }
 
 // FromModel explains, from the model alone, what the data plane does with the

@@ -70,6 +70,10 @@ func TestTraceAgreesWithKernel(t *testing.T) {
 		}),
 		makeTestService("empty", "10.96.0.12", nil),
 		makeTestService("lb-local", "10.96.0.13", lb("192.168.200.1", 30081, true, 32001)),
+		// Dual-stack with IPv4 endpoints only: its IPv6 address has none.
+		makeTestService("dual-v4", "10.96.0.16", func(s *v1.Service) {
+			s.Spec.ClusterIPs = []string{"10.96.0.16", "fd00:10:96::16"}
+		}),
 		makeTestService("lb-ranges", "10.96.0.14", func(s *v1.Service) {
 			lb("192.168.200.2", 30082, false, 0)(s)
 			s.Spec.LoadBalancerSourceRanges = []string{"10.0.0.0/8"}
@@ -88,6 +92,7 @@ func TestTraceAgreesWithKernel(t *testing.T) {
 		// lb-local's only endpoint is (said to be) on another node.
 		slice("lb-local", up(c, "node-b")),
 		slice("lb-ranges", up(c, "node-a")),
+		slice("dual-v4", up(a, "node-a")),
 	} {
 		tr.OnEndpointSliceAdd(s)
 	}
@@ -148,11 +153,13 @@ func TestTraceAgreesWithKernel(t *testing.T) {
 		{name: "ETP Local without local endpoints, from outside: dropped", src: "192.168.100.2", dst: "192.168.200.1:80", want: VerdictDrop},
 		{name: "source range refuses the client: dropped", src: "192.168.100.2", dst: "192.168.200.2:80", want: VerdictDrop},
 		{name: "source range allows pods: masqueraded", src: "10.244.0.2", dst: "192.168.200.2:80", want: VerdictDNAT},
-		// kube-proxy short-circuits pod traffic to an ETP Local address to the
-		// cluster endpoints; kproxy's nftables rules (so far) drop it. The trace
-		// must say so, and the packet must do what the kernel's answer says.
-		{name: "ETP Local from a pod: the kernel departs from the model", src: "10.244.0.2", dst: "192.168.200.1:80",
-			want: VerdictDNAT, divergence: nftDivergences["ETP Local load balancer from a pod: short-circuited to the cluster endpoints"]},
+		// Pod traffic to an ETP Local address is short-circuited to the
+		// cluster endpoints (this node has no local one).
+		{name: "ETP Local from a pod: short-circuited to the cluster endpoints", src: "10.244.0.2", dst: "192.168.200.1:80", want: VerdictDNAT},
+		// Each family on its own: IPv4 endpoints do not make the IPv6 address
+		// served; with none of its family it rejects, as kube-proxy's IPv6 proxier does.
+		{name: "dual-stack, IPv4 endpoints only: IPv4 served", src: "10.244.0.3", dst: "10.96.0.16:80", want: VerdictDNAT},
+		{name: "dual-stack, IPv4 endpoints only: IPv6 rejected", src: b6, dst: "[fd00:10:96::16]:80", want: VerdictReject},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -23,11 +23,8 @@ import (
 // reports them as disagreements, which is its job; they are logged here, not
 // failed, until the two are reconciled one way or the other.
 var nftDivergences = map[string]string{
-	"ETP Local load balancer from a pod: short-circuited to the cluster endpoints":           "no short-circuit of pod traffic to ETP Local external addresses",
-	"ETP Local load balancer from the node: masqueraded, cluster endpoints":                  "no short-circuit of node traffic to ETP Local external addresses",
-	"NodePort on localhost when enabled: node traffic, masqueraded":                          "no short-circuit of node traffic to ETP Local NodePorts",
-	"LB source ranges covering the node allow the VIP as source":                             "source ranges do not allow the VIP itself when they cover the node",
-	"dual-stack service with IPv4 endpoints only: IPv6 is rejected (each family on its own)": "'has endpoints' is PortView.HasAny over both families: drop instead of reject",
+	"NodePort on localhost when enabled: node traffic, masqueraded": "no short-circuit of node traffic to ETP Local NodePorts",
+	"LB source ranges covering the node allow the VIP as source":    "source ranges do not allow the VIP itself when they cover the node",
 }
 
 func TestNFTablesAgreesWithModel(t *testing.T) {
