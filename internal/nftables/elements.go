@@ -52,7 +52,10 @@ func (c *contribution) reset() {
 // function of the port view and the configuration; incremental syncs diff its
 // result against the previous one. The result is written into scratch (reset
 // first) when it is not nil; the store copies what it keeps.
-func buildPort(cfg *Config, f family, pv *model.PortView, scratch *contribution) *contribution {
+//
+// nodeAddrs are the node's addresses (Snapshot.Node.Addresses): a change of
+// them makes the next sync full, since the result depends on them.
+func buildPort(cfg *Config, f family, pv *model.PortView, nodeAddrs []netip.Addr, scratch *contribution) *contribution {
 	c := scratch
 	if c == nil {
 		c = &contribution{elems: map[string][]Element{}}
@@ -141,6 +144,7 @@ func buildPort(cfg *Config, f family, pv *model.PortView, scratch *contribution)
 			}
 			fe := Frontend{Addr: ip, Proto: proto, Port: uint16(pv.Port)}
 			c.add(setFirewall, Element{Key: enc(nil).frontend(fe)})
+			coversNode := false
 			for _, r := range pv.LoadBalancerSourceRanges {
 				if !f.contains(r.Addr()) {
 					continue
@@ -148,6 +152,17 @@ func buildPort(cfg *Config, f family, pv *model.PortView, scratch *contribution)
 				c.add(setFirewallAllow, Element{
 					Key:    enc(nil).frontend(fe).addr(r.Masked().Addr()),
 					KeyEnd: enc(nil).frontend(fe).addr(lastAddr(r)),
+				})
+				coversNode = coversNode || slices.ContainsFunc(nodeAddrs, r.Contains)
+			}
+			if coversNode && !slices.ContainsFunc(pv.LoadBalancerSourceRanges, func(r netip.Prefix) bool { return r.Contains(ip) }) {
+				// As kube-proxy: when a range lets this node in, the VIP itself
+				// is allowed as a source too. A load balancer VIP that is also
+				// bound on the node is reached from the node with the VIP as
+				// the source address, never through the load balancer.
+				c.add(setFirewallAllow, Element{
+					Key:    enc(nil).frontend(fe).addr(ip),
+					KeyEnd: enc(nil).frontend(fe).addr(ip),
 				})
 			}
 		}

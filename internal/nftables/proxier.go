@@ -37,6 +37,9 @@ type Proxier struct {
 	chains   map[family]map[string]bool // chains the kernel has, after the last success
 	sets     map[family]map[string]bool
 	needFull bool
+	// nodeAddrs are the node's addresses the stores' elements were built
+	// with; when they change the next sync is full.
+	nodeAddrs []netip.Addr
 }
 
 // bigTable is the number of service ports from which a full sync hands its
@@ -221,7 +224,8 @@ func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, full bool) err
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	start := time.Now()
-	full = full || p.needFull
+	// The elements of source ranges depend on the node's addresses.
+	full = full || p.needFull || !slices.Equal(p.nodeAddrs, snap.Node.Addresses)
 	var err error
 	var changed int
 	if full {
@@ -244,6 +248,7 @@ func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, full bool) err
 		return err
 	}
 	p.needFull = false
+	p.nodeAddrs = slices.Clone(snap.Node.Addresses)
 	// The runner logs one line per sync; this is the data plane's detail.
 	p.log.Debug("nftables synced", "full", full, "ports", len(snap.Ports), "changed", changed, "took", d)
 	return nil
@@ -279,7 +284,7 @@ func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, erro
 	for name, pv := range snap.Ports {
 		records[name] = &portRecord{pv: pv}
 		for _, f := range p.fams {
-			stores[f].apply(buildPort(&p.cfg, f, pv, scratch), true)
+			stores[f].apply(buildPort(&p.cfg, f, pv, snap.Node.Addresses, scratch), true)
 		}
 	}
 	tx := &transaction{cfg: &p.cfg}
@@ -504,10 +509,10 @@ func (p *Proxier) syncPartial(ctx context.Context, snap *model.Snapshot) (int, e
 		records[name] = rec
 		for _, f := range p.fams {
 			if old != nil {
-				p.stores[f].apply(buildPort(&p.cfg, f, old.pv, nil), false)
+				p.stores[f].apply(buildPort(&p.cfg, f, old.pv, p.nodeAddrs, nil), false)
 			}
 			if rec != nil {
-				p.stores[f].apply(buildPort(&p.cfg, f, pv, nil), true)
+				p.stores[f].apply(buildPort(&p.cfg, f, pv, p.nodeAddrs, nil), true)
 			}
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kproxy/kproxy/internal/conntrack"
 	"github.com/kproxy/kproxy/internal/metrics"
@@ -373,4 +374,49 @@ func value(c prometheus.Metric) float64 {
 		return m.Counter.GetValue()
 	}
 	return m.Gauge.GetValue()
+}
+
+// Like kube-proxy, a load balancer VIP is an allowed source of its own traffic
+// when a source range covers the node (a VIP bound on the node is reached from
+// the node with the VIP as source). That depends on the node's addresses, so
+// a change of them alone, with no service changed, rewrites the elements.
+func TestSourceRangesFollowNodeAddresses(t *testing.T) {
+	ctx := context.Background()
+	p, _, _ := newFake(t, nil)
+	w := newWorld(t)
+	w.service(makeService("lb", combine(clusterIP("10.96.0.30"), nodePort(30090, false), func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeLoadBalancer
+		s.Spec.LoadBalancerSourceRanges = []string{"192.168.100.0/28"}
+		s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "192.168.201.1"}}
+	})), makeSlice("lb", 8080, v1.ProtocolTCP, ep{ip: "10.244.0.6"}))
+	fromVIP := flow{name: "from the VIP", src: "192.168.201.1", dst: "192.168.201.1", port: 80, fromNode: true}
+	setNode := func(addrs ...string) {
+		n := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: testNode}}
+		for _, a := range addrs {
+			n.Status.Addresses = append(n.Status.Addresses, v1.NodeAddress{Type: v1.NodeInternalIP, Address: a})
+		}
+		w.tr.OnNodeUpdate(nil, n)
+	}
+	steps := []struct {
+		name  string
+		addrs []string
+		full  bool
+		want  string
+	}{
+		{"no node address in a range", []string{"192.168.100.100"}, true, "DROP"},
+		{"the node's address moves into the range", []string{"192.168.100.1"}, false, "10.244.0.6:8080"},
+		{"and out again", []string{"192.168.100.100"}, false, "DROP"},
+	}
+	for _, st := range steps {
+		setNode(st.addrs...)
+		snap := w.snap()
+		if !st.full && len(snap.Changed) != 0 {
+			t.Fatalf("%s: %d ports changed, want none (only the node)", st.name, len(snap.Changed))
+		}
+		if err := p.Sync(ctx, snap, st.full); err != nil {
+			t.Fatal(err)
+		}
+		fromVIP.name, fromVIP.want, fromVIP.masq = st.name, st.want, true
+		checkFlows(t, p, []flow{fromVIP})
+	}
 }

@@ -70,6 +70,17 @@ func TestTraceAgreesWithKernel(t *testing.T) {
 		}),
 		makeTestService("empty", "10.96.0.12", nil),
 		makeTestService("lb-local", "10.96.0.13", lb("192.168.200.1", 30081, true, 32001)),
+		// Load balancer VIPs also bound on the node (below): the node reaches
+		// them from the VIP itself. The first one's source range covers the
+		// node, the second one's does not.
+		makeTestService("lb-ranges-node", "10.96.0.17", func(s *v1.Service) {
+			lb("192.168.200.3", 30083, false, 0)(s)
+			s.Spec.LoadBalancerSourceRanges = []string{"192.168.100.0/24"}
+		}),
+		makeTestService("lb-ranges-other", "10.96.0.18", func(s *v1.Service) {
+			lb("192.168.200.4", 30084, false, 0)(s)
+			s.Spec.LoadBalancerSourceRanges = []string{"203.0.113.0/24"}
+		}),
 		// Dual-stack with IPv4 endpoints only: its IPv6 address has none.
 		makeTestService("dual-v4", "10.96.0.16", func(s *v1.Service) {
 			s.Spec.ClusterIPs = []string{"10.96.0.16", "fd00:10:96::16"}
@@ -93,6 +104,8 @@ func TestTraceAgreesWithKernel(t *testing.T) {
 		slice("lb-local", up(c, "node-b")),
 		slice("lb-ranges", up(c, "node-a")),
 		slice("dual-v4", up(a, "node-a")),
+		slice("lb-ranges-node", up(b, "node-a")),
+		slice("lb-ranges-other", up(b, "node-a")),
 	} {
 		tr.OnEndpointSliceAdd(s)
 	}
@@ -100,6 +113,10 @@ func TestTraceAgreesWithKernel(t *testing.T) {
 	tr.OnEndpointSlicesSynced()
 	tr.OnNodeSynced()
 	snap := tr.Snapshot()
+
+	for _, vip := range []string{"192.168.200.3/32", "192.168.200.4/32"} {
+		node.MustExec("ip", "addr", "add", vip, "dev", "lo")
+	}
 
 	cidrs := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/48")}
 	p, err := nftables.New(nftables.Config{
@@ -156,6 +173,10 @@ func TestTraceAgreesWithKernel(t *testing.T) {
 		// Pod traffic to an ETP Local address is short-circuited to the
 		// cluster endpoints (this node has no local one).
 		{name: "ETP Local from a pod: short-circuited to the cluster endpoints", src: "10.244.0.2", dst: "192.168.200.1:80", want: VerdictDNAT},
+		// From the node to a VIP bound on it, the source is the VIP: allowed
+		// when a source range covers the node, as kube-proxy allows it.
+		{name: "source range covering the node allows the VIP as source", src: "192.168.200.3", dst: "192.168.200.3:80", want: VerdictDNAT},
+		{name: "source range not covering the node: the VIP as source is dropped", src: "192.168.200.4", dst: "192.168.200.4:80", want: VerdictDrop},
 		// Each family on its own: IPv4 endpoints do not make the IPv6 address
 		// served; with none of its family it rejects, as kube-proxy's IPv6 proxier does.
 		{name: "dual-stack, IPv4 endpoints only: IPv4 served", src: "10.244.0.3", dst: "10.96.0.16:80", want: VerdictDNAT},

@@ -24,7 +24,6 @@ import (
 // failed, until the two are reconciled one way or the other.
 var nftDivergences = map[string]string{
 	"NodePort on localhost when enabled: node traffic, masqueraded": "no short-circuit of node traffic to ETP Local NodePorts",
-	"LB source ranges covering the node allow the VIP as source":    "source ranges do not allow the VIP itself when they cover the node",
 }
 
 func TestNFTablesAgreesWithModel(t *testing.T) {

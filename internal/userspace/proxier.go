@@ -42,6 +42,7 @@ type Proxier struct {
 	listeners map[listenerKey]*listener
 	owned     map[netip.Addr]bool // service IPs kproxy added to the loopback device
 	nodeAddrs []netip.Addr
+	hostAddrs []netip.Addr // all the node's addresses, for source ranges
 	warned    map[model.ServicePortName]bool
 	// warnedNoNodeAddrs: the missing node addresses were logged once.
 	warnedNoNodeAddrs bool
@@ -145,9 +146,14 @@ type front struct {
 	bal    *balancer
 	kind   string
 	ranges []netip.Prefix
+	// selfAllowed: as kube-proxy, when a source range covers the node, a
+	// load balancer IP may be the source of its own traffic (a VIP bound on
+	// the node is reached from the node with the VIP as source).
+	selfAllowed bool
 }
 
-func (f *front) allowed(src netip.Addr) bool {
+// allowed reports whether a client at src may reach the front's address dst.
+func (f *front) allowed(src, dst netip.Addr) bool {
 	if len(f.ranges) == 0 {
 		return true
 	}
@@ -156,7 +162,7 @@ func (f *front) allowed(src netip.Addr) bool {
 			return true
 		}
 	}
-	return false
+	return f.selfAllowed && src == dst
 }
 
 type listener struct {
@@ -319,6 +325,9 @@ func (sp *servicePort) update(pv *model.PortView, nodeAddrs []netip.Addr) {
 		add(ip, port, eip)
 	}
 	lb := &front{sp: sp, bal: ext, kind: kindLoadBalancer, ranges: pv.LoadBalancerSourceRanges}
+	for _, r := range pv.LoadBalancerSourceRanges {
+		lb.selfAllowed = lb.selfAllowed || slices.ContainsFunc(sp.p.hostAddrs, r.Contains)
+	}
 	for _, ip := range pv.LoadBalancerIPs {
 		add(ip, port, lb)
 	}
@@ -418,6 +427,8 @@ func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, full bool) err
 		full = true
 	}
 	p.synced = true
+	// A change of the node's addresses comes with NodeChanged: a full sync.
+	p.hostAddrs = snap.Node.Addresses
 	nodeAddrs := p.nodePortAddrs(snap.Node)
 	if !slices.Equal(nodeAddrs, p.nodeAddrs) {
 		full = true

@@ -349,6 +349,15 @@ func TestLoadBalancerSourceRanges(t *testing.T) {
 		s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "127.10.6.80"}}
 	}))
 	h.setEndpoints("lb", v1.ProtocolTCP, threeBackends(t)...)
+	// Its range covers the node's address (127.10.5.1).
+	h.setService(makeTestService("lb-node", func(s *v1.Service) {
+		s.Spec.ClusterIPs = []string{"127.10.4.81"}
+		s.Spec.Type = v1.ServiceTypeLoadBalancer
+		s.Spec.Ports[0].NodePort = 30084
+		s.Spec.LoadBalancerSourceRanges = []string{"127.10.5.0/24"}
+		s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "127.10.6.81"}}
+	}))
+	h.setEndpoints("lb-node", v1.ProtocolTCP, threeBackends(t)...)
 	h.sync()
 	tests := []struct {
 		name, src, dst string
@@ -356,6 +365,10 @@ func TestLoadBalancerSourceRanges(t *testing.T) {
 	}{
 		{"load balancer IP, allowed source", "127.0.0.2", "127.10.6.80:18080", true},
 		{"load balancer IP, other source", "127.0.0.3", "127.10.6.80:18080", false},
+		// As kube-proxy: the VIP is an allowed source of its own traffic
+		// when a range covers the node, and only then.
+		{"the VIP as source, a range covers the node", "127.10.6.81", "127.10.6.81:18080", true},
+		{"the VIP as source, no range covers the node", "127.10.6.80", "127.10.6.80:18080", false},
 		{"cluster IP ignores the ranges", "127.0.0.3", "127.10.4.80:18080", true},
 		{"node port ignores the ranges", "127.0.0.3", "127.10.5.1:30083", true},
 	}

@@ -155,7 +155,7 @@ func (lp *loop) serve(l *listener, fd int, src netip.Addr) {
 	p := lp.p
 	f := l.front.Load()
 	sp := f.sp
-	if !f.allowed(src) {
+	if !f.allowed(src, l.key.addr.Addr()) {
 		reset(fd)
 		return
 	}

@@ -76,7 +76,7 @@ func (u *udpListener) readLoop() {
 func (u *udpListener) newFlow(client netip.AddrPort) *udpFlow {
 	p := u.p
 	f := u.l.front.Load()
-	if !f.allowed(client.Addr()) {
+	if !f.allowed(client.Addr(), u.l.key.addr.Addr()) {
 		return nil
 	}
 	if limit := p.cfg.MaxConnections; limit > 0 && p.flows.Load() >= int64(limit) {
