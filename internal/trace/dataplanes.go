@@ -111,8 +111,13 @@ func (k nftKernel) TraceKernel(ctx context.Context, q KernelQuery) (*KernelPath,
 		return kp, nil
 	}
 
-	fe, chain := dispatched(st, np, q.NodeAddresses)
-	weights := slotWeights(st, fe, chain)
+	// The frontend and chain the DNAT lookup hit, as the data plane's own
+	// tracer found them (including the ETP Local short-circuit).
+	fe, chain := all.Frontend, all.Chain
+	if c, ok := st.Frontends[fe]; ok && !all.Short {
+		chain = c // the class chain ("aff-N-TIMEOUT"), not the affinity chain it leads to
+	}
+	weights := slotWeights(st, fe, chain, all.Short)
 	hairpin := st.Hairpin[pkt.Src]
 	for _, ep := range all.Endpoints {
 		kep := KernelEndpoint{Address: ep, Probability: weights[ep]}
@@ -139,33 +144,18 @@ func (k nftKernel) TraceKernel(ctx context.Context, q KernelQuery) (*KernelPath,
 	return kp, nil
 }
 
-// dispatched finds the frontend the packet's DNAT lookup hits, mirroring the
-// data plane's order: the exact address first, then the NodePort key (the
-// unspecified address) on a node address.
-func dispatched(st *nftables.State, p nftables.Packet, nodeAddrs []netip.Addr) (nftables.Frontend, string) {
-	fe := nftables.Frontend{Addr: p.Dst, Proto: nftProto(p.Proto), Port: p.Port}
-	if chain, ok := st.Frontends[fe]; ok {
-		return fe, chain
-	}
-	zero := netip.IPv4Unspecified()
-	if p.Dst.Is6() {
-		zero = netip.IPv6Unspecified()
-	}
-	npFE := nftables.Frontend{Addr: zero, Proto: fe.Proto, Port: fe.Port}
-	if chain, ok := st.Frontends[npFE]; ok {
-		return npFE, chain
-	}
-	return fe, ""
-}
-
 // slotWeights gives each endpoint its share of the numgen slots of the frontend.
-func slotWeights(st *nftables.State, fe nftables.Frontend, chain string) map[netip.AddrPort]float64 {
+func slotWeights(st *nftables.State, fe nftables.Frontend, chain string, short bool) map[netip.AddrPort]float64 {
 	out := map[netip.AddrPort]float64{}
 	n, ok := slotsOf(chain)
 	if !ok {
 		return out
 	}
-	slots := st.Backends[n][fe]
+	backends := st.Backends
+	if short {
+		backends = st.ShortBackends
+	}
+	slots := backends[n][fe]
 	if len(slots) == 0 {
 		return out
 	}
@@ -175,13 +165,16 @@ func slotWeights(st *nftables.State, fe nftables.Frontend, chain string) map[net
 	return out
 }
 
-// The DNAT chains are named after their class: "[np-]dnat-N" or
-// "[np-]aff-N-TIMEOUT" (see the nftables package's README). These two
+// The DNAT chains are named after their class: "[np-]dnat-N", "[np-]sdnat-N"
+// (the ETP Local short-circuit) or "[np-]aff-N-TIMEOUT" (see the nftables package's README). These two
 // helpers read that name; a TraceResult that reported the class would make
 // them unnecessary.
 func slotsOf(chain string) (int, bool) {
 	chain = strings.TrimPrefix(chain, "np-")
 	rest, ok := strings.CutPrefix(chain, "dnat-")
+	if !ok {
+		rest, ok = strings.CutPrefix(chain, "sdnat-")
+	}
 	if !ok {
 		rest, ok = strings.CutPrefix(chain, "aff-")
 		rest, _, _ = strings.Cut(rest, "-")

@@ -18,14 +18,6 @@ import (
 	"github.com/kproxy/kproxy/internal/userspace"
 )
 
-// nftDivergences are the cases where kproxy's nftables data plane, as built,
-// departs from kube-proxy's rules that the model tracer follows. The trace
-// reports them as disagreements, which is its job; they are logged here, not
-// failed, until the two are reconciled one way or the other.
-var nftDivergences = map[string]string{
-	"NodePort on localhost when enabled: node traffic, masqueraded": "no short-circuit of node traffic to ETP Local NodePorts",
-}
-
 func TestNFTablesAgreesWithModel(t *testing.T) {
 	snap := testSnapshot(t)
 	quiet := slog.New(slog.DiscardHandler)
@@ -53,10 +45,6 @@ func TestNFTablesAgreesWithModel(t *testing.T) {
 				t.Fatal(err)
 			}
 			r := Trace(context.Background(), snap, opts, pkt)
-			if why, known := nftDivergences[tt.name]; known {
-				t.Logf("known divergence (%s): %s", why, strings.Join(r.Disagreements, "; "))
-				return
-			}
 			if len(r.Disagreements) > 0 {
 				t.Errorf("model: %s (%s)\nkernel: %+v\n%s", r.Verdict, r.Reason, r.Kernel, strings.Join(r.Disagreements, "\n"))
 			}
