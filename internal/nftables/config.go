@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"regexp"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 )
@@ -36,6 +37,12 @@ type Config struct {
 	NetNSPath string
 	// ConntrackCleanup deletes stale UDP conntrack entries; default true.
 	ConntrackCleanup *bool
+	// RebuildPeriod: a full sync at least this long after the last rebuild
+	// flushes kproxy's sets and maps and loads every element again (in one
+	// atomic transaction), instead of diffing against what kproxy wrote. That
+	// repairs elements someone else deleted, as kube-proxy's hourly full sync
+	// does. Default one hour; negative: only after a failure or at start.
+	RebuildPeriod time.Duration
 	// Logger receives one line per sync; default slog.Default().
 	Logger *slog.Logger
 }
@@ -50,6 +57,9 @@ func (c *Config) Defaults() {
 	}
 	if c.MasqueradeBit == 0 {
 		c.MasqueradeBit = 14
+	}
+	if c.RebuildPeriod == 0 {
+		c.RebuildPeriod = time.Hour
 	}
 	if c.ConntrackCleanup == nil {
 		t := true

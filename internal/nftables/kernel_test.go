@@ -487,3 +487,33 @@ func TestKernelProbeAndTrace(t *testing.T) {
 		t.Errorf("trace: %s, want %s", r, want)
 	}
 }
+
+// A periodic resync diffs against what kproxy wrote; every RebuildPeriod it
+// loads every element afresh instead, which repairs elements someone else
+// deleted from kproxy's sets.
+func TestKernelRebuildRepairsDeletedElements(t *testing.T) {
+	testenv.RequireCommand(t, "nft")
+	b := newBed(t, 2, nil)
+	b.addService("web", clusterIP("10.96.0.10"), v1.ProtocolTCP, v1.IPv4Protocol, 0, 1)
+	b.sync(true)
+	if seen := reach(t, b.pods[0].NS, "tcp", ap("10.96.0.10:80"), 10); len(seen) != 2 {
+		t.Fatalf("reached %v, want both pods", seen)
+	}
+	b.node.MustExec("nft", "flush", "map", "ip", "kproxy", mapFrontends)
+	refused := func() bool {
+		_, err := b.pods[0].Request("tcp", ap("10.96.0.10:80"), 0, time.Second)
+		return netnstest.IsRefused(err)
+	}
+	if !refused() {
+		t.Fatal("the service still answers without its frontend element")
+	}
+	b.sync(true) // within the rebuild period: a diff, which trusts what kproxy wrote
+	if !refused() {
+		t.Fatal("a resync within the rebuild period repaired the element; the test assumes it does not")
+	}
+	b.p.cfg.RebuildPeriod = time.Nanosecond
+	b.sync(true)
+	if seen := reach(t, b.pods[0].NS, "tcp", ap("10.96.0.10:80"), 10); len(seen) != 2 {
+		t.Fatalf("after the rebuild: reached %v, want both pods", seen)
+	}
+}

@@ -40,6 +40,8 @@ type Proxier struct {
 	// nodeAddrs are the node's addresses the stores' elements were built
 	// with; when they change the next sync is full.
 	nodeAddrs []netip.Addr
+	// lastRebuild is when a full sync last loaded every element afresh.
+	lastRebuild time.Time
 }
 
 // bigTable is the number of service ports from which a full sync hands its
@@ -257,6 +259,7 @@ func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, full bool) err
 func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, error) {
 	tables := map[family]*Table{}
 	stores := map[family]*store{}
+	rebuild := p.needFull || (p.cfg.RebuildPeriod > 0 && time.Since(p.lastRebuild) >= p.cfg.RebuildPeriod)
 	for _, f := range p.fams {
 		t, err := p.k.Read(ctx, f, false)
 		if err != nil {
@@ -268,10 +271,11 @@ func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, erro
 		tables[f] = t
 		// After a successful sync kproxy knows the elements the kernel has, and a
 		// periodic resync diffs against that, in place. Otherwise (start,
-		// takeover, after a failure) reading the elements back would cost more
-		// than loading them (set dumps are quadratic), so the transaction flushes
+		// takeover, after a failure, and every RebuildPeriod to repair what
+		// others deleted) reading the elements back would cost more than
+		// loading them (set dumps are quadratic), so the transaction flushes
 		// kproxy's sets and re-adds everything: atomic, so no packet sees a gap.
-		if !p.needFull && p.stores[f] != nil {
+		if !rebuild && p.stores[f] != nil {
 			st := p.stores[f]
 			st.resetWants(p.presentSets(f, t))
 			stores[f] = st
@@ -300,6 +304,9 @@ func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, erro
 	}
 	for _, f := range p.fams {
 		stores[f].commit()
+	}
+	if rebuild || p.lastRebuild.IsZero() {
+		p.lastRebuild = time.Now()
 	}
 	old := p.ports
 	p.stores, p.ports, p.chains, p.sets = stores, records, chains, sets
