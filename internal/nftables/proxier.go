@@ -606,6 +606,16 @@ func (p *Proxier) cleanupConntrack(old, cur map[model.ServicePortName]*portRecor
 		}
 		filters = append(filters, staleFilters(o.pv, o.pv.InternalEndpoints(), nInternal, internalFrontends(o.pv))...)
 		filters = append(filters, staleFilters(o.pv, o.pv.ExternalEndpoints(), nExternal, externalFrontends(o.pv))...)
+		if o.pv.ExternalPolicyLocal {
+			// Pods and the node reach ETP Local frontends through the
+			// short-circuit, to the internal endpoints: those flows go stale
+			// with the internal endpoints, on the external frontends.
+			var nShort []*model.Endpoint
+			if n != nil && n.pv.ExternalPolicyLocal {
+				nShort = nInternal
+			}
+			filters = append(filters, staleFilters(o.pv, o.pv.InternalEndpoints(), nShort, externalFrontends(o.pv))...)
+		}
 	}
 	if only != nil {
 		for name := range only {

@@ -420,3 +420,34 @@ func TestSourceRangesFollowNodeAddresses(t *testing.T) {
 		checkFlows(t, p, []flow{fromVIP})
 	}
 }
+
+// Pods and the node reach an ETP Local load balancer IP through the
+// short-circuit, to the cluster-wide endpoints: when one of those goes, its
+// UDP entries on the load balancer IP go too, although this node never had it
+// as a local endpoint.
+func TestStaleUDPConntrackShortCircuit(t *testing.T) {
+	p, _, ct := newFake(t, nil)
+	w := newWorld(t)
+	udp := v1.ProtocolUDP
+	w.service(makeService("dns", combine(clusterIP("10.96.0.53"), nodePort(30053, true), func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeLoadBalancer
+		s.Spec.Ports[0].Protocol = udp
+		s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "192.168.201.53"}}
+	})), makeSlice("dns", 53, udp, ep{ip: "10.244.1.2", node: "node-b"}, ep{ip: "10.244.1.3", node: "node-b"}))
+	if err := p.Sync(context.Background(), w.snap(), true); err != nil {
+		t.Fatal(err)
+	}
+	w.tr.OnEndpointSliceUpdate(nil, makeSlice("dns", 53, udp, ep{ip: "10.244.1.3", node: "node-b"}))
+	if err := p.Sync(context.Background(), w.snap(), false); err != nil {
+		t.Fatal(err)
+	}
+	gone := netip.MustParseAddr("10.244.1.2")
+	want := []conntrack.Filter{
+		{Proto: protoUDP, OrigDst: netip.MustParseAddr("10.96.0.53"), OrigDstPort: 80, ReplySrc: gone},
+		{Proto: protoUDP, OrigDst: netip.MustParseAddr("192.168.201.53"), OrigDstPort: 80, ReplySrc: gone},
+		{Proto: protoUDP, OrigDstPort: 30053, ReplySrc: gone},
+	}
+	if got := ct.Filters(); !slices.Equal(got, want) {
+		t.Errorf("filters %v, want %v", got, want)
+	}
+}
