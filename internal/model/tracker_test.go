@@ -142,6 +142,21 @@ func TestCategorize(t *testing.T) {
 			wantHasAny:  true,
 		},
 		{
+			// Pods and the node reach the NodePort through the cluster-wide
+			// set (kube-proxy's short-circuit), whatever the internal policy.
+			name: "both policies Local on a NodePort: the cluster set is kept",
+			svc: func(s *v1.Service) {
+				s.Spec.Type = v1.ServiceTypeNodePort
+				s.Spec.Ports[0].NodePort = 30080
+				s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+				s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+			},
+			eps:         []ep{ready("10.244.1.3", "node-b")},
+			wantCluster: []string{"10.244.1.3:8080"},
+			wantLocal:   []string{},
+			wantHasAny:  true,
+		},
+		{
 			name: "local terminating endpoints when no local ready one",
 			svc: func(s *v1.Service) {
 				s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)

@@ -66,9 +66,12 @@ func (sp *ServicePort) ExternallyAccessible() bool {
 }
 
 // UsesClusterEndpoints reports whether some traffic to the port uses the
-// cluster-wide endpoint set.
+// cluster-wide endpoint set: traffic to the cluster IPs under a Cluster
+// policy, and any externally accessible port, since even with an external
+// policy Local pods and the node reach its external addresses through the
+// cluster-wide set (the short-circuit), as in kube-proxy.
 func (sp *ServicePort) UsesClusterEndpoints() bool {
-	return !sp.InternalPolicyLocal || (sp.ExternallyAccessible() && !sp.ExternalPolicyLocal)
+	return !sp.InternalPolicyLocal || sp.ExternallyAccessible()
 }
 
 // UsesLocalEndpoints reports whether some traffic to the port uses only this node's endpoints.

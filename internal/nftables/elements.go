@@ -111,14 +111,19 @@ func buildPort(cfg *Config, f family, pv *model.PortView, nodeAddrs []netip.Addr
 	if pv.NodePort != 0 {
 		externals = append(externals, Frontend{Addr: f.zero(), Proto: proto, Port: uint16(pv.NodePort)})
 	}
+	var cluster []*model.Endpoint
+	if pv.ExternalPolicyLocal && len(externals) > 0 {
+		cluster = model.ByFamily(pv.Cluster, f.v1)
+	}
 	for _, fe := range externals {
-		if pv.ExternalPolicyLocal && len(internal) > 0 {
+		if len(cluster) > 0 {
 			// Pods and the node reaching an ETP Local frontend are not external
-			// clients: like kube-proxy, send them to the cluster-wide endpoints
-			// (the ClusterIP's), whether or not this node has a local one.
-			cl := class{n: len(internal), nodePort: fe.IsNodePort(), short: true}
+			// clients: like kube-proxy, send them to the cluster-wide endpoints,
+			// whether or not this node has a local one (and whatever the
+			// internal traffic policy).
+			cl := class{n: len(cluster), nodePort: fe.IsNodePort(), short: true}
 			c.add(mapFrontendsShort, Element{Key: enc(nil).frontend(fe), Verdict: cl.chain()})
-			for i, ep := range internal {
+			for i, ep := range cluster {
 				c.add(cl.setSpec().name, Element{Key: enc(nil).frontend(fe).slot(uint32(i)), Val: enc(nil).addrPort(ep.AddrPort())})
 			}
 		}

@@ -608,13 +608,13 @@ func (p *Proxier) cleanupConntrack(old, cur map[model.ServicePortName]*portRecor
 		filters = append(filters, staleFilters(o.pv, o.pv.ExternalEndpoints(), nExternal, externalFrontends(o.pv))...)
 		if o.pv.ExternalPolicyLocal {
 			// Pods and the node reach ETP Local frontends through the
-			// short-circuit, to the internal endpoints: those flows go stale
-			// with the internal endpoints, on the external frontends.
+			// short-circuit, to the cluster-wide endpoints: those flows go
+			// stale with them, on the external frontends.
 			var nShort []*model.Endpoint
 			if n != nil && n.pv.ExternalPolicyLocal {
-				nShort = nInternal
+				nShort = n.pv.Cluster
 			}
-			filters = append(filters, staleFilters(o.pv, o.pv.InternalEndpoints(), nShort, externalFrontends(o.pv))...)
+			filters = append(filters, staleFilters(o.pv, o.pv.Cluster, nShort, externalFrontends(o.pv))...)
 		}
 	}
 	if only != nil {

@@ -21,6 +21,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/kproxy/kproxy/internal/model"
 	"github.com/kproxy/kproxy/internal/netnstest"
@@ -81,6 +82,11 @@ func TestTraceAgreesWithKernel(t *testing.T) {
 			lb("192.168.200.4", 30084, false, 0)(s)
 			s.Spec.LoadBalancerSourceRanges = []string{"203.0.113.0/24"}
 		}),
+		// Both traffic policies Local, the only endpoint (said to be) elsewhere.
+		makeTestService("lb-all-local", "10.96.0.19", func(s *v1.Service) {
+			lb("192.168.200.5", 30085, true, 32002)(s)
+			s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+		}),
 		// Dual-stack with IPv4 endpoints only: its IPv6 address has none.
 		makeTestService("dual-v4", "10.96.0.16", func(s *v1.Service) {
 			s.Spec.ClusterIPs = []string{"10.96.0.16", "fd00:10:96::16"}
@@ -104,6 +110,7 @@ func TestTraceAgreesWithKernel(t *testing.T) {
 		slice("lb-local", up(c, "node-b")),
 		slice("lb-ranges", up(c, "node-a")),
 		slice("dual-v4", up(a, "node-a")),
+		slice("lb-all-local", up(c, "node-b")),
 		slice("lb-ranges-node", up(b, "node-a")),
 		slice("lb-ranges-other", up(b, "node-a")),
 	} {
@@ -170,6 +177,8 @@ func TestTraceAgreesWithKernel(t *testing.T) {
 		// Pod traffic to an ETP Local address is short-circuited to the
 		// cluster endpoints (this node has no local one).
 		{name: "ETP Local from a pod: short-circuited to the cluster endpoints", src: "10.244.0.2", dst: "192.168.200.1:80", want: VerdictDNAT},
+		{name: "ETP and ITP Local from a pod: short-circuited to the cluster endpoints", src: "10.244.0.2", dst: "192.168.200.5:80", want: VerdictDNAT},
+		{name: "ETP and ITP Local from outside, no local endpoint: dropped", src: "192.168.100.2", dst: "192.168.200.5:80", want: VerdictDrop},
 		{name: "ETP Local NodePort from the node: short-circuited, masqueraded", src: "192.168.100.1", dst: "192.168.100.1:30081", want: VerdictDNAT},
 		// From the node to a VIP bound on it, the source is the VIP: allowed
 		// when a source range covers the node, as kube-proxy allows it.

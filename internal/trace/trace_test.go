@@ -142,6 +142,11 @@ func testSnapshot(t *testing.T) *model.Snapshot {
 			lb("198.51.100.3", 30444, false, 0)(s)
 			s.Spec.LoadBalancerSourceRanges = []string{"192.168.0.0/24"}
 		}),
+		// Both policies Local, the only endpoint on another node.
+		makeTestService("lb-all-local", "10.96.0.24", func(s *v1.Service) {
+			lb("198.51.100.4", 30445, true, 32001)(s)
+			s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+		}),
 	}
 	for _, s := range services {
 		tr.OnServiceAdd(s)
@@ -164,6 +169,7 @@ func testSnapshot(t *testing.T) *model.Snapshot {
 			draining("10.244.0.19", "node-a"), draining("10.244.1.19", "node-b"), testEP{ip: "10.244.1.20", node: "node-b"}),
 		makeTestSlice("dual-v4eps", "dv4-1", "http", v1.ProtocolTCP, 8080, up("10.244.1.18", "node-b")),
 		makeTestSlice("lb-ranges-node", "lbrn-1", "http", v1.ProtocolTCP, 8080, up("10.244.1.17", "node-b")),
+		makeTestSlice("lb-all-local", "lbal-1", "http", v1.ProtocolTCP, 8080, up("10.244.1.19", "node-b")),
 	} {
 		tr.OnEndpointSliceAdd(s)
 	}
@@ -282,6 +288,24 @@ func modelCases() []modelCase {
 			from: "10.244.0.99", to: "198.51.100.1:80/tcp",
 			wantVerdict: VerdictDNAT, wantService: "ns/lb-local:http", wantVia: ViaLoadBalancer, wantPolicy: PolicyCluster,
 			wantEndpoints: []string{"10.244.1.11:8080"},
+		},
+		{
+			// kube-proxy short-circuits to the cluster-wide endpoints whatever
+			// the internal traffic policy.
+			name: "ETP and ITP Local load balancer from a pod: short-circuited to the cluster endpoints",
+			from: "10.244.0.99", to: "198.51.100.4:80/tcp",
+			wantVerdict: VerdictDNAT, wantService: "ns/lb-all-local:http", wantVia: ViaLoadBalancer, wantPolicy: PolicyCluster,
+			wantEndpoints: []string{"10.244.1.19:8080"},
+		},
+		{
+			name: "ETP and ITP Local, cluster IP from a pod, no local endpoint: drop",
+			from: "10.244.0.99", to: "10.96.0.24:80/tcp",
+			wantVerdict: VerdictDrop, wantService: "ns/lb-all-local:http", wantVia: ViaClusterIP, wantPolicy: PolicyLocal,
+		},
+		{
+			name: "ETP and ITP Local load balancer from outside, no local endpoint: drop",
+			from: "203.0.113.7", to: "198.51.100.4:80/tcp",
+			wantVerdict: VerdictDrop, wantService: "ns/lb-all-local:http", wantVia: ViaLoadBalancer, wantPolicy: PolicyLocal,
 		},
 		{
 			name: "ETP Local load balancer from the node: masqueraded, cluster endpoints",
