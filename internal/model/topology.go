@@ -22,23 +22,22 @@ func categorize(pv *PortView, node *Node) {
 	}
 	if !slices.ContainsFunc(pv.Endpoints, func(ep *Endpoint) bool { return ep.Family() != first }) {
 		// Zero or one family, the common case.
-		any := categorizeFamily(pv, pv.Endpoints, node)
-		pv.HasAny = any
-		pv.hasAny = [2]bool{first == v1.IPv4Protocol && any, first == v1.IPv6Protocol && any}
+		usable := categorizeFamily(pv, pv.Endpoints, node)
+		pv.HasAny = usable
+		pv.hasAny = [2]bool{first == v1.IPv4Protocol && usable, first == v1.IPv6Protocol && usable}
 		return
 	}
-	v4 := ByFamily(pv.Endpoints, v1.IPv4Protocol)
 	v6 := &PortView{ServicePort: pv.ServicePort}
-	any6 := categorizeFamily(v6, ByFamily(pv.Endpoints, v1.IPv6Protocol), node)
-	any4 := categorizeFamily(pv, v4, node)
+	usable6 := categorizeFamily(v6, ByFamily(pv.Endpoints, v1.IPv6Protocol), node)
+	usable4 := categorizeFamily(pv, ByFamily(pv.Endpoints, v1.IPv4Protocol), node)
 	if pv.Cluster != nil {
 		pv.Cluster = slices.Concat(pv.Cluster, v6.Cluster)
 	}
 	if pv.Local != nil {
 		pv.Local = slices.Concat(pv.Local, v6.Local)
 	}
-	pv.HasAny = any4 || any6
-	pv.hasAny = [2]bool{any4, any6}
+	pv.HasAny = usable4 || usable6
+	pv.hasAny = [2]bool{usable4, usable6}
 }
 
 // categorizeFamily sets pv's Cluster and Local from eps, one family's

@@ -305,7 +305,7 @@ func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, erro
 	for _, f := range p.fams {
 		stores[f].commit()
 	}
-	if rebuild || p.lastRebuild.IsZero() {
+	if rebuild {
 		p.lastRebuild = time.Now()
 	}
 	old := p.ports
