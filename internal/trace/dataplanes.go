@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 
-	v1 "k8s.io/api/core/v1"
 
 	"github.com/kproxy/kproxy/internal/nftables"
 	"github.com/kproxy/kproxy/internal/userspace"
@@ -56,16 +55,6 @@ func KernelFor(dataplane any) (KernelState, bool) {
 		return NFTables(d), true
 	}
 	return nil, false
-}
-
-func nftProto(p v1.Protocol) uint8 {
-	switch p {
-	case v1.ProtocolUDP:
-		return 17
-	case v1.ProtocolSCTP:
-		return 132
-	}
-	return 6
 }
 
 // TraceKernel implements KernelState.
@@ -166,9 +155,9 @@ func slotWeights(st *nftables.State, fe nftables.Frontend, chain string, short b
 }
 
 // The DNAT chains are named after their class: "[np-]dnat-N", "[np-]sdnat-N"
-// (the ETP Local short-circuit) or "[np-]aff-N-TIMEOUT" (see the nftables package's README). These two
-// helpers read that name; a TraceResult that reported the class would make
-// them unnecessary.
+// (the ETP Local short-circuit) or "[np-]aff-N-TIMEOUT" (see the nftables
+// package's README). These two helpers read that name; a TraceResult that
+// reported the class would make them unnecessary.
 func slotsOf(chain string) (int, bool) {
 	chain = strings.TrimPrefix(chain, "np-")
 	rest, ok := strings.CutPrefix(chain, "dnat-")
