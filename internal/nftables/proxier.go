@@ -42,6 +42,13 @@ type Proxier struct {
 	nodeAddrs []netip.Addr
 	// lastRebuild is when a full sync last loaded every element afresh.
 	lastRebuild time.Time
+
+	// Tables and Dump (trace, the debug endpoints) read through a kernel
+	// connection of their own, opened on first use, so that a slow read (a
+	// second at 10,000 services) never holds off a sync.
+	readMu    sync.Mutex
+	reader    kernel
+	newReader func() (kernel, error)
 }
 
 // bigTable is the number of service ports from which a full sync hands its
@@ -82,7 +89,15 @@ func New(cfg Config, m *metrics.Metrics) (*Proxier, error) {
 			return nil, err
 		}
 	}
-	return newProxier(cfg, m, k, ct), nil
+	p := newProxier(cfg, m, k, ct)
+	p.newReader = func() (kernel, error) {
+		r, err := newNetlinkKernel(&p.cfg)
+		if err != nil {
+			return nil, err // a *netlinkKernel nil pointer must not become a non-nil kernel
+		}
+		return r, nil
+	}
+	return p, nil
 }
 
 // NewFake returns a Proxier over an in-memory kernel, for tests of other packages.
@@ -114,6 +129,9 @@ func newProxier(cfg Config, m *metrics.Metrics, k kernel, ct conntrack.Cleaner) 
 		}
 	}
 	p.needFull = true
+	// By default reads share the kernel connection (and so wait for syncs);
+	// New gives them one of their own.
+	p.newReader = func() (kernel, error) { return k, nil }
 	return p
 }
 
@@ -153,7 +171,33 @@ func (p *Proxier) Close() error {
 	if c, ok := p.ct.(*conntrack.Netlink); ok {
 		c.Close()
 	}
-	return p.k.Close()
+	p.readMu.Lock()
+	var err error
+	if p.reader != nil && p.reader != p.k {
+		err = p.reader.Close()
+	}
+	p.reader = nil
+	p.readMu.Unlock()
+	return errors.Join(err, p.k.Close())
+}
+
+// withReader runs read with the reading connection, opening it if needed.
+func (p *Proxier) withReader(read func(kernel) error) error {
+	p.readMu.Lock()
+	defer p.readMu.Unlock()
+	if p.reader == nil {
+		r, err := p.newReader()
+		if err != nil {
+			return fmt.Errorf("netlink to nf_tables: %w", err)
+		}
+		p.reader = r
+	}
+	if p.reader == p.k {
+		// One connection: a read must not interleave with a transaction.
+		p.mu.Lock()
+		defer p.mu.Unlock()
+	}
+	return read(p.reader)
 }
 
 // Cleanup removes kproxy's tables ("kproxy cleanup").
@@ -170,28 +214,36 @@ func Cleanup(ctx context.Context, cfg Config) error {
 	return k.Remove(ctx, []family{ipv4, ipv6})
 }
 
-// Dump returns kproxy's tables as the kernel has them, sets decoded. It holds
-// off syncs while it reads (one netlink socket), and reading large sets is
-// slow in the kernel (about a second at 10,000 services): it is for debugging.
+// Dump returns kproxy's tables as the kernel has them, sets decoded. Reading
+// large sets is slow in the kernel (about a second at 10,000 services), so it
+// is for debugging; syncs go on meanwhile.
 func (p *Proxier) Dump(ctx context.Context) (string, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.k.Dump(ctx, p.fams)
+	var out string
+	err := p.withReader(func(k kernel) error {
+		var err error
+		out, err = k.Dump(ctx, p.fams)
+		return err
+	})
+	return out, err
 }
 
 // Tables reads kproxy's tables back from the kernel, one per family.
 func (p *Proxier) Tables(ctx context.Context) ([]*Table, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	var out []*Table
-	for _, f := range p.fams {
-		t, err := p.k.Read(ctx, f, true)
-		if err != nil {
-			return nil, err
+	err := p.withReader(func(k kernel) error {
+		for _, f := range p.fams {
+			t, err := k.Read(ctx, f, true)
+			if err != nil {
+				return err
+			}
+			if t != nil {
+				out = append(out, t)
+			}
 		}
-		if t != nil {
-			out = append(out, t)
-		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }

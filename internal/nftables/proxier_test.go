@@ -7,7 +7,9 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -450,4 +452,55 @@ func TestStaleUDPConntrackShortCircuit(t *testing.T) {
 	if got := ct.Filters(); !slices.Equal(got, want) {
 		t.Errorf("filters %v, want %v", got, want)
 	}
+}
+
+// blockingReader is the fake kernel with reads that wait until released.
+type blockingReader struct {
+	kernel
+	once    sync.Once
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (b *blockingReader) Read(ctx context.Context, f family, elements bool) (*Table, error) {
+	b.once.Do(func() { close(b.entered) })
+	<-b.release
+	return b.kernel.Read(ctx, f, elements)
+}
+
+// Trace and the debug endpoints read the tables back, which is slow at scale;
+// syncs must not wait for them.
+func TestSyncsGoOnDuringReads(t *testing.T) {
+	ctx := context.Background()
+	p, k, _ := newFake(t, nil)
+	br := &blockingReader{kernel: k, entered: make(chan struct{}), release: make(chan struct{})}
+	p.newReader = func() (kernel, error) { return br, nil }
+	w := newWorld(t)
+	w.service(makeService("web", clusterIP("10.96.0.10")), makeSlice("web", 8080, v1.ProtocolTCP, ep{ip: "10.244.0.2"}))
+	if err := p.Sync(ctx, w.snap(), true); err != nil {
+		t.Fatal(err)
+	}
+	read := make(chan error, 1)
+	go func() {
+		_, err := p.States(ctx)
+		read <- err
+	}()
+	<-br.entered
+	w.service(makeService("db", clusterIP("10.96.0.11")), makeSlice("db", 5432, v1.ProtocolTCP, ep{ip: "10.244.0.3"}))
+	synced := make(chan error, 1)
+	go func() { synced <- p.Sync(ctx, w.snap(), false) }()
+	select {
+	case err := <-synced:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		close(br.release)
+		t.Fatal("a sync waited for a read of the tables")
+	}
+	close(br.release)
+	if err := <-read; err != nil {
+		t.Fatal(err)
+	}
+	checkFlows(t, p, []flow{{name: "the service synced during the read", src: "10.244.0.9", dst: "10.96.0.11", port: 80, want: "10.244.0.3:5432"}})
 }
