@@ -1,10 +1,16 @@
 package userspace
 
 import (
+	"bufio"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -207,4 +213,122 @@ func TestEarlyDataFailsOver(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// syncBuffer is a goroutine-safe log sink.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// freeFDs returns the two lowest descriptor numbers not in use.
+func freeFDs(t *testing.T) (int, int) {
+	t.Helper()
+	dir, err := os.Open("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := dir.Readdirnames(-1)
+	own := int(dir.Fd()) // listed, but free again once closed
+	dir.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := map[int]bool{}
+	for _, name := range names {
+		if n, err := strconv.Atoi(name); err == nil && n != own {
+			used[n] = true
+		}
+	}
+	var free []int
+	for n := 0; len(free) < 2; n++ {
+		if !used[n] {
+			free = append(free, n)
+		}
+	}
+	return free[0], free[1]
+}
+
+// Out of file descriptors, accept fails with EMFILE: the loop stops watching
+// the listener for a while instead of spinning on it, and the connection
+// waiting in the accept queue is served once descriptors are free again.
+func TestAcceptBackoffOutOfDescriptors(t *testing.T) {
+	var logs syncBuffer
+	cfg := testConfig()
+	cfg.EventLoops = 1
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	h := newHarness(t, cfg)
+	h.setService(makeTestService("web", func(s *v1.Service) { s.Spec.ClusterIPs = []string{"127.10.4.160"} }))
+	h.setEndpoints("web", v1.ProtocolTCP, tcpBackend(t, "127.0.4.1:0", "backend-1"))
+	h.sync()
+	const target = "127.10.4.160:18080"
+	if c, err := dialService(t, "", target); err != nil {
+		t.Fatal(err)
+	} else {
+		c.Close()
+	}
+	eventually(t, 2*time.Second, func() error {
+		if n := h.p.active.Load(); n != 0 {
+			return fmt.Errorf("%d connections still open", n)
+		}
+		return nil
+	})
+
+	var old unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	restore := sync.OnceFunc(func() {
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+			t.Errorf("restore RLIMIT_NOFILE: %v", err)
+		}
+	})
+	t.Cleanup(restore)
+	// The client's socket takes the lowest free number; the proxy's accept
+	// would need the next one, which the limit forbids.
+	_, next := freeFDs(t)
+	lim := old
+	lim.Cur = uint64(next)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.DialTimeout("tcp", target, 2*time.Second) // the kernel completes the handshake
+	if err != nil {
+		restore()
+		t.Fatalf("client: %v", err)
+	}
+	defer c.Close()
+	eventually(t, 3*time.Second, func() error {
+		if !strings.Contains(logs.String(), "accept failed") {
+			return fmt.Errorf("no accept failure logged yet: %q", logs.String())
+		}
+		return nil
+	})
+	restore()
+	out := logs.String()
+	if !strings.Contains(out, "too many open files") {
+		t.Errorf("accept failure without EMFILE: %q", out)
+	}
+	// With a growing delay (5 ms, 10 ms, ...) a few failures at most, not
+	// a loop spinning on the listener.
+	if n := strings.Count(out, "accept failed"); n > 10 {
+		t.Errorf("%d accept failures logged: the loop spun on the listener", n)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || line != "backend-1\n" {
+		t.Fatalf("after descriptors were free again: %q, %v; want the backend's greeting", line, err)
+	}
 }
