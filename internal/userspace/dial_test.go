@@ -16,6 +16,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
+
+	"github.com/kproxy/kproxy/internal/testenv"
 )
 
 // blackhole is an address that never answers a SYN: a listener with an
@@ -215,24 +217,6 @@ func TestEarlyDataFailsOver(t *testing.T) {
 	})
 }
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // freeFDs returns the two lowest descriptor numbers not in use.
 func freeFDs(t *testing.T) (int, int) {
 	t.Helper()
@@ -265,7 +249,7 @@ func freeFDs(t *testing.T) (int, int) {
 // the listener for a while instead of spinning on it, and the connection
 // waiting in the accept queue is served once descriptors are free again.
 func TestAcceptBackoffOutOfDescriptors(t *testing.T) {
-	var logs syncBuffer
+	var logs testenv.Buffer
 	cfg := testConfig()
 	cfg.EventLoops = 1
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))

@@ -32,7 +32,7 @@ func TestHealthzFollowsFailingSyncs(t *testing.T) {
 	kp := &proc{cmd: exec.Command("ip", "netns", "exec", node.Name, filepath.Join(binDir, "kproxy"), "run",
 		"--manifests", dir, "--state-dir", t.TempDir(), "--proxy-mode", "nftables", "--nftables-table", table,
 		"--service-cluster-ip-range", "10.96.0.0/16", "--sync-period", "2s", "--min-sync-period", "100ms",
-		"--healthz-bind-address", "127.0.0.1:10256", "--dns-bind-address", ""), out: &syncBuffer{}}
+		"--healthz-bind-address", "127.0.0.1:10256", "--dns-bind-address", ""), out: &testenv.Buffer{}}
 	kp.cmd.Stdout, kp.cmd.Stderr = kp.out, kp.out
 	if err := kp.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -89,7 +89,7 @@ func TestRunNFTablesInANamespace(t *testing.T) {
 		"--service-cluster-ip-range", "10.96.0.0/16,fd00:10:96::/112",
 		"--cluster-cidr", "10.244.0.0/16,fd00:10:244::/48",
 		"--conntrack-tcp-timeout-close-wait", "1234s", "--conntrack-udp-timeout", "45s",
-		"--min-sync-period", "100ms"), out: &syncBuffer{}}
+		"--min-sync-period", "100ms"), out: &testenv.Buffer{}}
 	kp.cmd.Stdout, kp.cmd.Stderr = kp.out, kp.out
 	if err := kp.cmd.Start(); err != nil {
 		t.Fatal(err)
