@@ -1,6 +1,10 @@
 package userspace
 
-import "golang.org/x/sys/unix"
+import (
+	"time"
+
+	"golang.org/x/sys/unix"
+)
 
 // Connections stay in the loop that accepted them, and which loop accepts is
 // a race: the loop already awake usually wins, so under a high rate of short
@@ -10,6 +14,35 @@ import "golang.org/x/sys/unix"
 // on one loop leave the others idle: four bulk connections on one of two
 // loops moved a third less. So a connection moves when it turns bulk, if
 // its loop then carries at least two bulk connections more than another.
+
+//
+// Loops are of two kinds. The first half (rounded up) are home loops; the
+// others are helpers. Every loop accepts, so bursts of short connections use
+// every core; but request/response traffic on long-lived connections had a
+// worse tail spread over two loops than gathered in one (keep-alive p99
+// against HAProxy 1.14-1.30 with two loops, 0.76-0.83 with one: the loops
+// park in one Go netpoller, see README.md). So a connection that a helper
+// accepted and that is still open after settleAfter moves to the home loop
+// with the fewest connections, at its next event (settle). A bulk connection
+// stays where balance put it: those gain from spreading.
+
+// settleAfter is how long a connection may stay on the helper loop that
+// accepted it: longer than a short exchange (about a millisecond over
+// loopback), short enough that a keep-alive connection settles before most of
+// its requests.
+const settleAfter = int64(20 * time.Millisecond)
+
+// settle sends c, open for settleAfter on a helper loop, to the home loop with
+// the fewest connections.
+func (c *tcpConn) settle() {
+	var target *loop
+	for _, h := range c.lp.p.homes {
+		if target == nil || h.open.Load() < target.open.Load() {
+			target = h
+		}
+	}
+	c.moveTo = target
+}
 
 // balance picks a loop with fewer bulk connections for c, which just turned
 // bulk; the move happens after the current event (move).
@@ -34,15 +67,19 @@ func (c *tcpConn) move(to *loop) {
 		_ = sysEpollCtl(from.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
 	}
 	from.removeConn(c)
-	from.bulk.Add(-1)
-	to.bulk.Add(1)
+	if c.bulk {
+		from.bulk.Add(-1)
+		to.bulk.Add(1)
+	}
 	c.lp = to
 	c.held = false
 	c.owner.Store(to)
 	if !to.post(func() { to.adopt(c) }) {
 		// The proxier is closing: close it here.
-		to.bulk.Add(-1)
-		from.bulk.Add(1)
+		if c.bulk {
+			to.bulk.Add(-1)
+			from.bulk.Add(1)
+		}
 		c.lp = from
 		c.held = true
 		c.owner.Store(from)

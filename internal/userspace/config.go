@@ -47,8 +47,9 @@ type Config struct {
 	// data (it filled a 16 KiB read) and is spliced. 0 leaves the kernel's autotuning.
 	BulkSocketBuffer int
 	// EventLoops is the number of TCP event loops (goroutines, each with its
-	// own epoll set of connections); 0 means half of GOMAXPROCS, at least one
-	// (see README.md on why not one per P).
+	// own epoll set of connections); 0 means one per GOMAXPROCS. The first
+	// half (rounded up) are home loops, where long-lived connections settle;
+	// the others help with bursts of short ones (see balance.go).
 	EventLoops int
 	// Logger receives the data plane's logs; nil means slog.Default() with a
 	// dataplane=userspace attribute.

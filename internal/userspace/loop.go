@@ -36,6 +36,8 @@ type loop struct {
 	stopped bool
 	woken   atomic.Bool  // an eventfd write is pending: posters need not write again
 	bulk    atomic.Int64 // connections with a spliced direction, for balance
+	open    atomic.Int64 // len(conns), for picking a home loop
+	helper  bool         // not a home loop: long-lived connections move on (settle)
 
 	// Owned by the loop goroutine.
 	slots     []slot // by file descriptor
@@ -80,7 +82,7 @@ const (
 	eventBatch = 256
 )
 
-func newLoop(p *Proxier) (*loop, error) {
+func newLoop(p *Proxier, helper bool) (*loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -113,7 +115,7 @@ func newLoop(p *Proxier) (*loop, error) {
 	}
 	tick := min(p.cfg.DialTimeout, p.cfg.TCPIdleTimeout) / 8
 	tick = min(max(tick, 5*time.Millisecond), time.Second)
-	return &loop{p: p, epfd: epfd, evfd: evfd, file: file, rc: rc, tickEvery: int64(tick), scratch: make([]byte, copyBufSize)}, nil
+	return &loop{p: p, helper: helper, epfd: epfd, evfd: evfd, file: file, rc: rc, tickEvery: int64(tick), scratch: make([]byte, copyBufSize)}, nil
 }
 
 // post queues f to run on the loop; false if the loop has stopped.
@@ -314,6 +316,7 @@ func (lp *loop) forget(fd int) {
 func (lp *loop) addConn(c *tcpConn) {
 	c.idx = len(lp.conns)
 	lp.conns = append(lp.conns, c)
+	lp.open.Store(int64(len(lp.conns)))
 }
 
 func (lp *loop) removeConn(c *tcpConn) {
@@ -322,6 +325,7 @@ func (lp *loop) removeConn(c *tcpConn) {
 	last.idx = c.idx
 	lp.conns[len(lp.conns)-1] = nil
 	lp.conns = lp.conns[:len(lp.conns)-1]
+	lp.open.Store(int64(len(lp.conns)))
 }
 
 func (lp *loop) getBuf() []byte {

@@ -187,3 +187,75 @@ func TestBulkConnectionsSpread(t *testing.T) {
 		}
 	}
 }
+
+// Connections that a helper loop accepted and that stay open move to the home
+// loop (settle), and keep carrying data both ways, half-close included.
+func TestLongLivedConnectionsSettleHome(t *testing.T) {
+	cfg := testConfig()
+	cfg.EventLoops = 2
+	h := newHarness(t, cfg)
+	if len(h.p.homes) != 1 || h.p.homes[0] != h.p.loops[0] || !h.p.loops[1].helper || h.p.loops[0].helper {
+		t.Fatalf("want loop 0 home and loop 1 helper, got homes %d, helper %v/%v", len(h.p.homes), h.p.loops[0].helper, h.p.loops[1].helper)
+	}
+	h.setService(makeTestService("web", func(s *v1.Service) { s.Spec.ClusterIPs = []string{"127.10.4.171"} }))
+	h.setEndpoints("web", v1.ProtocolTCP, threeBackends(t)...)
+	h.sync()
+	home, helper := h.p.loops[0], h.p.loops[1]
+
+	// With the home loop paused, the helper accepts every connection.
+	resume := pauseLoop(t, home)
+	var conns []*testConn
+	for range 6 {
+		c, err := dialService(t, "", "127.10.4.171:18080")
+		if err != nil {
+			resume()
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	resume()
+	if n, m := home.open.Load(), helper.open.Load(); n != 0 || m != 6 {
+		t.Fatalf("home loop has %d connections, helper %d; want 0 and 6", n, m)
+	}
+	// Before settleAfter, traffic leaves them where they are.
+	for i, c := range conns {
+		if err := c.roundTrip(fmt.Sprintf("early %d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m := helper.open.Load(); m != 6 {
+		t.Fatalf("helper has %d connections before settleAfter, want 6", m)
+	}
+	time.Sleep(time.Duration(settleAfter) + 10*time.Millisecond)
+	// The next event moves each; the exchanges after the move still work.
+	for round := range 3 {
+		for i, c := range conns {
+			if err := c.roundTrip(fmt.Sprintf("round %d conn %d", round, i)); err != nil {
+				t.Fatalf("after settling, conn %d: %v", i, err)
+			}
+		}
+	}
+	if n, m := home.open.Load(), helper.open.Load(); n != 6 || m != 0 {
+		t.Fatalf("home loop has %d connections, helper %d; want 6 and 0", n, m)
+	}
+	// Half-close passes through the home loop: the backend echoes, then ends.
+	for i, c := range conns {
+		if _, err := io.WriteString(c, "bye"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		rest, err := io.ReadAll(c.r)
+		if err != nil || string(rest) != "bye" {
+			t.Fatalf("conn %d after half-close: %q, %v", i, rest, err)
+		}
+	}
+	eventually(t, 3*time.Second, func() error {
+		if n, m := home.open.Load(), helper.open.Load(); n != 0 || m != 0 {
+			return fmt.Errorf("%d and %d connections still open", n, m)
+		}
+		return nil
+	})
+}

@@ -52,6 +52,7 @@ type Proxier struct {
 	active atomic.Int64 // open TCP connections, for cfg.MaxConnections
 	flows  atomic.Int64 // open UDP flows, for cfg.MaxConnections
 	loops  []*loop      // the TCP event loops
+	homes  []*loop      // loops[:len/2 rounded up]: where long-lived connections settle
 	wg     sync.WaitGroup
 	done   chan struct{}
 }
@@ -98,10 +99,11 @@ func newProxier(cfg Config, m *metrics.Metrics, addrs addrManager) (*Proxier, er
 	}
 	n := cfg.EventLoops
 	if n == 0 {
-		n = max(1, runtime.GOMAXPROCS(0)/2)
+		n = runtime.GOMAXPROCS(0)
 	}
-	for range n {
-		lp, err := newLoop(p)
+	homes := (n + 1) / 2
+	for i := range n {
+		lp, err := newLoop(p, i >= homes)
 		if err != nil {
 			for _, lp := range p.loops {
 				lp.stop()
@@ -114,6 +116,7 @@ func newProxier(cfg Config, m *metrics.Metrics, addrs addrManager) (*Proxier, er
 		p.wg.Add(1)
 		go lp.run()
 	}
+	p.homes = p.loops[:homes]
 	p.wg.Add(1)
 	go p.janitor()
 	return p, nil

@@ -45,10 +45,11 @@ type tcpConn struct {
 	early    int   // bytes read from the client before the endpoint was connected, not yet counted
 	bulk     bool  // a direction splices; counted in lp.bulk
 	held     bool  // in its owner's set: false while moving to another loop
-	moveTo   *loop // set by balance: move after the current event
+	moveTo   *loop // set by balance or settle: move after the current event
 	deadline int64 // of the dial in progress, on the loop clock
 	last     int64 // when data last moved, on the loop clock
 	idx      int   // in lp.conns
+	born     int64 // when accepted, on the loop clock
 }
 
 // sock is one of a connection's sockets with the readiness its events
@@ -65,7 +66,7 @@ type sock struct {
 func (s *sock) onEvent(ev uint32) { s.c.onEvent(s, ev) }
 
 func newTCPConn(lp *loop, f *front, fd int, src netip.Addr, fam family) *tcpConn {
-	c := &tcpConn{lp: lp, f: f, sp: f.sp, src: src, fam: fam}
+	c := &tcpConn{lp: lp, f: f, sp: f.sp, src: src, fam: fam, born: lp.now}
 	c.owner.Store(lp)
 	c.held = true
 	c.tried = c.triedBuf[:0]
@@ -280,6 +281,9 @@ func (c *tcpConn) onEvent(s *sock, ev uint32) {
 		// A reset or another socket error: the connection is over, once
 		// what could still be read and passed on was.
 		c.close()
+	}
+	if c.lp.helper && c.moveTo == nil && !c.bulk && c.state == connOpen && c.lp.now-c.born >= settleAfter {
+		c.settle()
 	}
 	if to := c.moveTo; to != nil {
 		// Cleared first: once moved, the connection is the other loop's.
