@@ -33,7 +33,9 @@ import (
 const settleAfter = int64(20 * time.Millisecond)
 
 // settle sends c, open for settleAfter on a helper loop, to the home loop with
-// the fewest connections.
+// the fewest connections. The target's count goes up at once, so that the
+// connections settling in one batch spread; the loop's own count replaces it
+// when it adopts the connection.
 func (c *tcpConn) settle() {
 	var target *loop
 	for _, h := range c.lp.p.homes {
@@ -41,6 +43,7 @@ func (c *tcpConn) settle() {
 			target = h
 		}
 	}
+	target.open.Add(1)
 	c.moveTo = target
 }
 
@@ -67,19 +70,19 @@ func (c *tcpConn) move(to *loop) {
 		_ = sysEpollCtl(from.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
 	}
 	from.removeConn(c)
+	var bulk int64
 	if c.bulk {
-		from.bulk.Add(-1)
-		to.bulk.Add(1)
+		bulk = 1
 	}
+	from.bulk.Add(-bulk)
+	to.bulk.Add(bulk)
 	c.lp = to
 	c.held = false
 	c.owner.Store(to)
 	if !to.post(func() { to.adopt(c) }) {
 		// The proxier is closing: close it here.
-		if c.bulk {
-			to.bulk.Add(-1)
-			from.bulk.Add(1)
-		}
+		to.bulk.Add(-bulk)
+		from.bulk.Add(bulk)
 		c.lp = from
 		c.held = true
 		c.owner.Store(from)

@@ -36,7 +36,7 @@ type loop struct {
 	stopped bool
 	woken   atomic.Bool  // an eventfd write is pending: posters need not write again
 	bulk    atomic.Int64 // connections with a spliced direction, for balance
-	open    atomic.Int64 // len(conns), for picking a home loop
+	open    atomic.Int64 // len(conns), plus connections on their way here (settle)
 	helper  bool         // not a home loop: long-lived connections move on (settle)
 
 	// Owned by the loop goroutine.
