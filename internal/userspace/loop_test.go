@@ -317,3 +317,41 @@ func TestSettlingSpreadsOverHomeLoops(t *testing.T) {
 		return nil
 	})
 }
+
+// Each TCP listener is registered in one home loop and one helper, and
+// listeners take the loops in turn, so that on a large node a new connection
+// does not make every loop poll.
+func TestListenersSpreadOverLoops(t *testing.T) {
+	cfg := testConfig()
+	cfg.EventLoops = 4
+	h := newHarness(t, cfg)
+	backends := threeBackends(t)
+	for _, svc := range []struct{ name, ip string }{{"web", "127.10.4.173"}, {"api", "127.10.4.174"}} {
+		h.setService(makeTestService(svc.name, func(s *v1.Service) { s.Spec.ClusterIPs = []string{svc.ip} }))
+		h.setEndpoints(svc.name, v1.ProtocolTCP, backends...)
+	}
+	h.sync()
+	used := map[*loop]bool{}
+	for key, l := range h.p.listeners {
+		if l.tcp == nil {
+			continue
+		}
+		if len(l.tcp.acceptors) != 2 || l.tcp.acceptors[0].lp.helper || !l.tcp.acceptors[1].lp.helper {
+			t.Fatalf("listener %s: want a home loop and a helper, got %d acceptors", key, len(l.tcp.acceptors))
+		}
+		for _, a := range l.tcp.acceptors {
+			if used[a.lp] {
+				t.Errorf("listener %s shares a loop with the other listener", key)
+			}
+			used[a.lp] = true
+		}
+	}
+	if len(used) != 4 {
+		t.Fatalf("the two listeners use %d loops, want 4", len(used))
+	}
+	for _, dst := range []string{"127.10.4.173:18080", "127.10.4.174:18080"} {
+		if got := whoAnswers(t, "", dst, 6); len(got) != 3 {
+			t.Errorf("%s: backends answering %v, want all three", dst, got)
+		}
+	}
+}

@@ -53,8 +53,10 @@ type Proxier struct {
 	flows  atomic.Int64 // open UDP flows, for cfg.MaxConnections
 	loops  []*loop      // the TCP event loops
 	homes  []*loop      // loops[:len/2 rounded up]: where long-lived connections settle
-	wg     sync.WaitGroup
-	done   chan struct{}
+	// listenerSeq counts TCP listeners, to spread them over the loops.
+	listenerSeq atomic.Uint64
+	wg          sync.WaitGroup
+	done        chan struct{}
 }
 
 // The app's data plane contract, restated here to keep the two in step.

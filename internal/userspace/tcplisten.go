@@ -21,9 +21,12 @@ const acceptBatch = 32
 
 func notLocal(err error) bool { return errors.Is(err, syscall.EADDRNOTAVAIL) }
 
-// tcpListener is a raw listening socket, registered in every loop: the loop
-// that accepts a connection keeps it for its whole life. A new connection
-// makes every idle loop poll; those that lose the race get EAGAIN.
+// tcpListener is a raw listening socket, registered in two loops, a home
+// loop and a helper (acceptLoops), or in the only loop: the loop that accepts
+// a connection keeps it unless it settles or turns bulk (balance.go). A new
+// connection makes both loops poll if idle; the one that loses the race gets
+// EAGAIN. Two and not all: on a large node every loop would poll for every
+// connection.
 // (EPOLLEXCLUSIVE would not help: it limits the wakeups of threads blocked in
 // epoll_wait on the set, and the loops wait in Go's netpoller instead.
 // One SO_REUSEPORT socket per loop measured no better, and would let other
@@ -77,12 +80,23 @@ func (p *Proxier) openTCPListener(l *listener, ap netip.AddrPort) (*tcpListener,
 		return nil, err
 	}
 	tl := &tcpListener{fd: fd}
-	for _, lp := range p.loops {
+	for _, lp := range p.acceptLoops() {
 		a := &acceptor{lp: lp, fd: fd, l: l}
 		tl.acceptors = append(tl.acceptors, a)
 		lp.post(a.start)
 	}
 	return tl, nil
+}
+
+// acceptLoops picks the loops a new listener is registered in: the next home
+// loop and the next helper, in turn, so that listeners spread over the loops.
+func (p *Proxier) acceptLoops() []*loop {
+	k := int(p.listenerSeq.Add(1) - 1)
+	out := []*loop{p.homes[k%len(p.homes)]}
+	if helpers := p.loops[len(p.homes):]; len(helpers) > 0 {
+		out = append(out, helpers[k%len(helpers)])
+	}
+	return out
 }
 
 // close takes the socket out of every loop, waiting for each, before closing
