@@ -86,6 +86,19 @@ func checkServiceCIDR(p netip.Prefix) error {
 
 // ParseServiceCIDRs parses a comma-separated --service-cluster-ip-range value.
 func ParseServiceCIDRs(s string) ([]netip.Prefix, error) {
+	out, err := ParseCIDRList(s)
+	if err != nil {
+		return nil, fmt.Errorf("service cluster IP range: %w", err)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("service cluster IP range %q: no CIDR given", s)
+	}
+	return out, nil
+}
+
+// ParseCIDRList parses a comma-separated list of CIDRs as written; empty
+// entries are skipped.
+func ParseCIDRList(s string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for _, part := range strings.Split(s, ",") {
 		part = strings.TrimSpace(part)
@@ -94,12 +107,9 @@ func ParseServiceCIDRs(s string) ([]netip.Prefix, error) {
 		}
 		p, err := netip.ParsePrefix(part)
 		if err != nil {
-			return nil, fmt.Errorf("service cluster IP range %q: %w", part, err)
+			return nil, fmt.Errorf("invalid CIDR %q: %w", part, err)
 		}
 		out = append(out, p)
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("service cluster IP range %q: no CIDR given", s)
 	}
 	return out, nil
 }

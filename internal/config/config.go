@@ -81,21 +81,15 @@ type Config struct {
 	Verbosity int
 }
 
-// ParseCIDRs parses a comma-separated list of CIDRs.
+// ParseCIDRs parses a comma-separated list of CIDRs and drops their host bits
+// (cluster CIDRs and node port addresses, where those do not matter; a
+// service range with host bits is an error, see allocator.ParseServiceCIDRs).
 func ParseCIDRs(s string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for _, part := range strings.Split(s, ",") {
-		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
-		p, err := netip.ParsePrefix(part)
-		if err != nil {
-			return nil, fmt.Errorf("invalid CIDR %q: %w", part, err)
-		}
-		out = append(out, p.Masked())
+	out, err := allocator.ParseCIDRList(s)
+	for i, p := range out {
+		out[i] = p.Masked()
 	}
-	return out, nil
+	return out, err
 }
 
 // Default values, kube-proxy's where they carry over.
