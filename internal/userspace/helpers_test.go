@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -197,6 +198,21 @@ type testConn struct {
 // dialService connects from src (empty: any) and returns the backend's name.
 func dialService(t *testing.T, src, dst string) (*testConn, error) {
 	t.Helper()
+	tc, err := dialUngreeted(t, src, dst)
+	if err != nil {
+		return nil, err
+	}
+	if err := tc.readGreeting(); err != nil {
+		return nil, err
+	}
+	return tc, nil
+}
+
+// dialUngreeted connects from src (empty: any) without waiting for the
+// backend's greeting: the kernel completes the handshake whether or not a
+// loop has accepted the connection yet.
+func dialUngreeted(t *testing.T, src, dst string) (*testConn, error) {
+	t.Helper()
 	d := net.Dialer{Timeout: 2 * time.Second}
 	if src != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
@@ -206,16 +222,70 @@ func dialService(t *testing.T, src, dst string) (*testConn, error) {
 		return nil, err
 	}
 	tc := &testConn{TCPConn: c.(*net.TCPConn), r: bufio.NewReader(c)}
+	t.Cleanup(func() { tc.Close() })
+	return tc, nil
+}
+
+// readGreeting reads the line a backend sends first: its name.
+func (c *testConn) readGreeting() error {
 	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
-	line, err := tc.r.ReadString('\n')
+	line, err := c.r.ReadString('\n')
 	_ = c.SetReadDeadline(time.Time{})
 	if err != nil {
 		c.Close()
-		return nil, fmt.Errorf("read greeting: %w", err)
+		return fmt.Errorf("read greeting: %w", err)
 	}
-	tc.backend = strings.TrimSpace(line)
-	t.Cleanup(func() { tc.Close() })
-	return tc, nil
+	c.backend = strings.TrimSpace(line)
+	return nil
+}
+
+// dialPaused opens n connections to dst while the loops in paused are
+// stopped, waits until the running loops have accepted all n, then resumes
+// the paused loops and reads the greetings. The greeting is not read while
+// the loops are paused: a connection whose greeting comes later than
+// settleAfter moves to a home loop, and would wait there.
+func dialPaused(t *testing.T, dst string, n int, paused ...*loop) []*testConn {
+	t.Helper()
+	var resumes []func()
+	resume := func() {
+		for _, r := range resumes {
+			r()
+		}
+		resumes = nil
+	}
+	defer resume()
+	for _, lp := range paused {
+		resumes = append(resumes, pauseLoop(t, lp))
+	}
+	conns := make([]*testConn, 0, n)
+	for range n {
+		c, err := dialUngreeted(t, "", dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	running := func() (open int64) {
+		for _, lp := range paused[0].p.loops {
+			if !slices.Contains(paused, lp) {
+				open += lp.open.Load()
+			}
+		}
+		return open
+	}
+	eventually(t, 3*time.Second, func() error {
+		if got := running(); got != int64(n) {
+			return fmt.Errorf("the running loops accepted %d of %d connections", got, n)
+		}
+		return nil
+	})
+	resume()
+	for i, c := range conns {
+		if err := c.readGreeting(); err != nil {
+			t.Fatalf("conn %d: %v", i, err)
+		}
+	}
+	return conns
 }
 
 // whoAnswers opens n connections in turn and counts the backends that answered.

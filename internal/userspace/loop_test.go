@@ -204,17 +204,7 @@ func TestLongLivedConnectionsSettleHome(t *testing.T) {
 
 	// With the home loop paused, the helper accepts every connection.
 	start := time.Now()
-	resume := pauseLoop(t, home)
-	var conns []*testConn
-	for range 6 {
-		c, err := dialService(t, "", "127.10.4.171:18080")
-		if err != nil {
-			resume()
-			t.Fatal(err)
-		}
-		conns = append(conns, c)
-	}
-	resume()
+	conns := dialPaused(t, "127.10.4.171:18080", 6, home)
 	// Before settleAfter, traffic leaves them where they are (checked only
 	// if the machine was quick enough to get here in time).
 	for i, c := range conns {
@@ -275,19 +265,7 @@ func TestSettlingSpreadsOverHomeLoops(t *testing.T) {
 	h.setService(makeTestService("web", func(s *v1.Service) { s.Spec.ClusterIPs = []string{"127.10.4.172"} }))
 	h.setEndpoints("web", v1.ProtocolTCP, threeBackends(t)...)
 	h.sync()
-	resume0, resume1 := pauseLoop(t, h.p.loops[0]), pauseLoop(t, h.p.loops[1])
-	var conns []*testConn
-	for range 8 {
-		c, err := dialService(t, "", "127.10.4.172:18080")
-		if err != nil {
-			resume0()
-			resume1()
-			t.Fatal(err)
-		}
-		conns = append(conns, c)
-	}
-	resume0()
-	resume1()
+	conns := dialPaused(t, "127.10.4.172:18080", 8, h.p.loops[0], h.p.loops[1])
 	time.Sleep(time.Duration(settleAfter) + 10*time.Millisecond)
 	// Requests on every connection while the helpers are paused: each helper
 	// then settles its connections in one batch.
