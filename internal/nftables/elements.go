@@ -67,9 +67,19 @@ func buildPort(cfg *Config, f family, pv *model.PortView, nodeAddrs []netip.Addr
 	internal := model.ByFamily(pv.InternalEndpoints(), f.v1)
 	external := model.ByFamily(pv.ExternalEndpoints(), f.v1)
 
+	// The cluster IP frontend owns the port's affinity sets: every frontend of
+	// the port pins a client to the same endpoint.
+	var owner Frontend
+	if cip, ok := pv.ClusterIP(f.v1); ok {
+		owner = Frontend{Addr: cip, Proto: proto, Port: uint16(pv.Port)}
+	}
+
 	serve := func(fe Frontend, eps []*model.Endpoint) {
 		if aff > 0 {
-			a := &affinity{fe: fe, timeout: aff}
+			a := &affinity{fe: fe, owner: owner, timeout: aff}
+			if !owner.Addr.IsValid() {
+				a.owner = fe
+			}
 			for _, ep := range eps {
 				a.endpoints = append(a.endpoints, ep.AddrPort())
 			}

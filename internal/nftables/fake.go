@@ -239,7 +239,9 @@ func (k *Fake) Dump(ctx context.Context, families []family) (string, error) {
 	return b.String(), nil
 }
 
-// SetAffinity plants a dynamic affinity entry, as the packet path would.
+// SetAffinity plants a dynamic affinity entry, as the packet path would when
+// client connects to fe and is sent to ep: in the client set of ep that fe's
+// owner names.
 func (k *Fake) SetAffinity(client netip.Addr, fe Frontend, ep netip.AddrPort) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -248,11 +250,22 @@ func (k *Fake) SetAffinity(client netip.Addr, fe Frontend, ep netip.AddrPort) {
 		f = ipv6
 	}
 	t := k.tables[f]
-	if t == nil {
+	if t == nil || t.sets[mapAffinityPick] == nil {
+		return
+	}
+	owner, found := Frontend{}, false
+	for _, e := range t.sets[mapAffinityPick].elems {
+		d := &dec{f: f, b: e.Key}
+		if d.frontend() == fe {
+			owner, _, found = parseAffinityName(f, strings.TrimPrefix(e.Verdict, affEPChainPrefix))
+			break
+		}
+	}
+	if !found {
 		return
 	}
 	for name, set := range t.sets {
-		if sfe, sep, _, ok := parseAffinitySet(f, name); ok && strings.HasPrefix(name, affSetPrefix) && sfe == fe && sep == ep {
+		if sowner, sep, _, ok := parseAffinitySet(f, name); ok && strings.HasPrefix(name, affSetPrefix) && sowner == owner && sep == ep {
 			key := enc(nil).addr(client)
 			set.elems[string(key)] = Element{Key: key}
 		}

@@ -174,6 +174,90 @@ func TestKernelAffinityPins(t *testing.T) {
 	}
 }
 
+// As with kube-proxy, the client sets belong to the service port: a client
+// pinned through the cluster IP is pinned through the NodePort and the
+// external IP too, and after its endpoint goes (a partial sync), all three
+// agree on the new one.
+func TestKernelAffinitySharedByFrontends(t *testing.T) {
+	b := newBed(t, 3, nil)
+	b.addService("aff", combine(clusterIP("10.96.0.81"), withAffinity(60), nodePort(30085, false),
+		func(s *v1.Service) { s.Spec.ExternalIPs = []string{"192.168.200.5"} }), v1.ProtocolTCP, v1.IPv4Protocol, 0, 1, 2)
+	b.sync(true)
+	frontends := []string{"10.96.0.81:80", "192.168.100.1:30085", "192.168.200.5:80"}
+	pinned := func() string {
+		t.Helper()
+		var first string
+		for _, dst := range frontends {
+			seen := reach(t, b.pods[0].NS, "tcp", ap(dst), 8)
+			if len(seen) != 1 {
+				t.Fatalf("%s: reached %v, want one endpoint (affinity)", dst, seen)
+			}
+			for name := range seen {
+				if first == "" {
+					first = name
+				} else if name != first {
+					t.Fatalf("%s: pinned to %s, but %s pinned the client to %s", dst, name, frontends[0], first)
+				}
+			}
+		}
+		return first
+	}
+	before := pinned()
+	var keep []int
+	for i, pod := range b.pods {
+		if pod.PodName != before {
+			keep = append(keep, i)
+		}
+	}
+	b.w.tr.OnEndpointSliceUpdate(nil, withName(makeSlice("aff", 8080, v1.ProtocolTCP, b.podEps(8080, v1.IPv4Protocol, keep...)...), "aff-IPv4"))
+	b.sync(false)
+	after := pinned()
+	if after == before {
+		t.Fatalf("still pinned to %s after its endpoint was removed", before)
+	}
+	// The NodePort and external IP go; the cluster IP keeps the pins.
+	old := makeService("aff", combine(clusterIP("10.96.0.81"), withAffinity(60), nodePort(30085, false),
+		func(s *v1.Service) { s.Spec.ExternalIPs = []string{"192.168.200.5"} }))
+	b.w.tr.OnServiceUpdate(old, makeService("aff", combine(clusterIP("10.96.0.81"), withAffinity(60))))
+	b.sync(false)
+	if seen := reach(t, b.pods[0].NS, "tcp", ap(frontends[0]), 8); seen[after] != 8 {
+		t.Fatalf("after the NodePort went: reached %v through the cluster IP, want %s only", seen, after)
+	}
+	b.w.tr.OnServiceUpdate(makeService("aff", combine(clusterIP("10.96.0.81"), withAffinity(60))), old)
+	b.sync(false)
+	// The tracer reads the shared sets back from the kernel.
+	want := ""
+	for _, pod := range b.pods {
+		if pod.PodName == after {
+			want = netip.AddrPortFrom(pod.V4, 8080).String()
+		}
+	}
+	for _, dst := range frontends {
+		a := ap(dst)
+		r := b.traceV4(Packet{Src: b.pods[0].V4, Proto: v1.ProtocolTCP, Dst: a.Addr(), Port: a.Port()})
+		if len(r.Endpoints) != 1 || r.Endpoints[0].String() != want {
+			t.Errorf("trace to %s from the pinned pod: %v, want %s (%v)", dst, r.Endpoints, want, r.Steps)
+		}
+	}
+}
+
+// traceV4 traces p over the IPv4 state read back from the kernel.
+func (b *bed) traceV4(p Packet) TraceResult {
+	b.t.Helper()
+	states, err := b.p.States(context.Background())
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	tr := &Tracer{Config: b.p.Config(), LocalAddrs: b.node.Addrs()}
+	for _, st := range states {
+		if st.Family == v1.IPv4Protocol {
+			return tr.Trace(st, p)
+		}
+	}
+	b.t.Fatal("no IPv4 state")
+	return TraceResult{}
+}
+
 func TestKernelNodePortAndExternal(t *testing.T) {
 	b := newBed(t, 2, nil)
 	b.addService("np", combine(clusterIP("10.96.0.20"), nodePort(30080, false)), v1.ProtocolTCP, v1.IPv4Protocol, 0, 1)
@@ -241,23 +325,13 @@ func TestKernelExternalTrafficPolicyLocal(t *testing.T) {
 		t.Errorf("ETP Local NodePort from a pod: reached %v", seen)
 	}
 	// The tracer, over the state read back from the kernel, agrees.
-	states, err := b.p.States(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := &Tracer{Config: b.p.Config(), LocalAddrs: b.node.Addrs()}
-	for _, st := range states {
-		if st.Family != v1.IPv4Protocol {
-			continue
-		}
-		for _, c := range []struct {
-			src  netip.Addr
-			want string
-		}{{b.pods[0].V4, "ACCEPT → 10.244.9.9:8080"}, {b.client.V4, "DROP"}} {
-			r := tr.Trace(st, Packet{Src: c.src, Proto: v1.ProtocolTCP, Dst: netip.MustParseAddr("192.168.100.1"), Port: 30091})
-			if r.String() != c.want {
-				t.Errorf("trace from %s to the remote-only ETP Local NodePort: %s, want %s (%v)", c.src, r, c.want, r.Steps)
-			}
+	for _, c := range []struct {
+		src  netip.Addr
+		want string
+	}{{b.pods[0].V4, "ACCEPT → 10.244.9.9:8080"}, {b.client.V4, "DROP"}} {
+		r := b.traceV4(Packet{Src: c.src, Proto: v1.ProtocolTCP, Dst: netip.MustParseAddr("192.168.100.1"), Port: 30091})
+		if r.String() != c.want {
+			t.Errorf("trace from %s to the remote-only ETP Local NodePort: %s, want %s (%v)", c.src, r, c.want, r.Steps)
 		}
 	}
 }

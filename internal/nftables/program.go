@@ -2,7 +2,6 @@ package nftables
 
 import (
 	"encoding/binary"
-	"encoding/hex"
 	"net/netip"
 	"strings"
 
@@ -105,10 +104,17 @@ type program struct {
 	f   family
 	a   uint32 // 32-bit registers per address
 	aff map[string]*affinity
+	// owners holds one affinity frontend per owner: the endpoint chains of
+	// the frontends that share an owner are the same.
+	owners map[Frontend]*affinity
 }
 
 func newProgram(cfg *Config, f family, aff map[string]*affinity) *program {
-	return &program{cfg: cfg, f: f, a: uint32(f.addrSz / 4), aff: aff}
+	p := &program{cfg: cfg, f: f, a: uint32(f.addrSz / 4), aff: aff, owners: map[Frontend]*affinity{}}
+	for _, af := range aff {
+		p.owners[af.owner] = af
+	}
+	return p
 }
 
 // r returns 32-bit register i (NFT_REG32_00 + i): concatenations live in
@@ -348,8 +354,8 @@ func (p *program) rules(chain string) [][]expr.Any {
 		return p.affinityRules(af)
 	}
 	if rest, ok := strings.CutPrefix(chain, affEPChainPrefix); ok {
-		fe, ep, ok := parseAffinityName(p.f, rest)
-		if af := p.aff[affChainPrefix+hex.EncodeToString(enc(nil).frontend(fe))]; ok && af != nil {
+		owner, ep, ok := parseAffinityName(p.f, rest)
+		if af := p.owners[owner]; ok && af != nil {
 			return p.affinityEndpointRules(af, ep)
 		}
 	}

@@ -405,12 +405,12 @@ func (p *Proxier) planFull(f family, t *Table, st *store, trusted bool) (*family
 		wantSets[s.name] = s
 	}
 	ft.affinity = wantedAffinity(st)
-	for name, af := range ft.affinity {
+	for name := range ft.affinity {
 		wantChains[name] = true
-		for _, ep := range af.endpoints {
-			wantChains[af.epChain(ep)] = true
-			wantSets[af.epSet(ep)] = affinitySetSpec(af.epSet(ep))
-		}
+	}
+	for chain, set := range affinityEndpoints(ft.affinity) {
+		wantChains[chain] = true
+		wantSets[set] = affinitySetSpec(set)
 	}
 	// Every chain is rewritten: flushing drops the rules' references to sets,
 	// and the same transaction adds them back, so packets never see a gap.
@@ -490,61 +490,67 @@ func wantedAffinity(st *store) map[string]*affinity {
 	return out
 }
 
-// planAffinity adds the changes of affinity frontends to a partial sync.
+// planAffinity adds the changes of affinity frontends to a partial sync. The
+// frontends' chains are compared one by one; the endpoint chains and sets,
+// which the frontends of a service port share, as the union of what all
+// frontends want and what the kernel has.
 func planAffinity(ft *familyTx, st *store) {
 	want := wantedAffinity(st)
 	ft.affinity = want
-	addEP := func(af *affinity, ep netip.AddrPort) {
-		ft.newSets = append(ft.newSets, affinitySetSpec(af.epSet(ep)))
-		ft.newChains = append(ft.newChains, af.epChain(ep))
-		ft.ruleChains = append(ft.ruleChains, af.epChain(ep))
-	}
-	var delAff, delEP []string
+	var delAff []string
 	for _, name := range sortedKeys(want) {
-		w, h := want[name], st.kernelAffinity[name]
-		switch {
+		switch h := st.kernelAffinity[name]; {
 		case h == nil:
 			ft.newChains = append(ft.newChains, name)
 			ft.ruleChains = append(ft.ruleChains, name)
-			for _, ep := range w.endpoints {
-				addEP(w, ep)
-			}
-		case !w.equal(h):
+		case !want[name].equal(h):
 			ft.flushChains = append(ft.flushChains, name)
 			ft.ruleChains = append(ft.ruleChains, name)
-			for _, ep := range w.endpoints {
-				switch {
-				case !slices.Contains(h.endpoints, ep):
-					addEP(w, ep)
-				case w.timeout != h.timeout:
-					// New sets (the timeout is in their names); pins restart.
-					ft.flushChains = append(ft.flushChains, w.epChain(ep))
-					ft.ruleChains = append(ft.ruleChains, w.epChain(ep))
-					ft.newSets = append(ft.newSets, affinitySetSpec(w.epSet(ep)))
-					ft.delSets = append(ft.delSets, h.epSet(ep))
-				}
-			}
-			for _, ep := range h.endpoints {
-				if !slices.Contains(w.endpoints, ep) {
-					// Its clients' pins go with the set: they are re-balanced.
-					delEP = append(delEP, h.epChain(ep))
-					ft.delSets = append(ft.delSets, h.epSet(ep))
-				}
-			}
 		}
 	}
 	for _, name := range sortedKeys(st.kernelAffinity) {
-		if want[name] != nil {
-			continue
+		if want[name] == nil {
+			delAff = append(delAff, name)
 		}
-		h := st.kernelAffinity[name]
-		delAff = append(delAff, name)
-		for _, ep := range h.endpoints {
-			delEP = append(delEP, h.epChain(ep))
-			ft.delSets = append(ft.delSets, h.epSet(ep))
+	}
+	wantEP, haveEP := affinityEndpoints(want), affinityEndpoints(st.kernelAffinity)
+	var delEP []string
+	for _, chain := range sortedKeys(wantEP) {
+		w, h := wantEP[chain], haveEP[chain]
+		switch {
+		case h == "":
+			ft.newSets = append(ft.newSets, affinitySetSpec(w))
+			ft.newChains = append(ft.newChains, chain)
+			ft.ruleChains = append(ft.ruleChains, chain)
+		case w != h:
+			// A new timeout: new sets (the timeout is in their names), and
+			// the pins restart.
+			ft.flushChains = append(ft.flushChains, chain)
+			ft.ruleChains = append(ft.ruleChains, chain)
+			ft.newSets = append(ft.newSets, affinitySetSpec(w))
+			ft.delSets = append(ft.delSets, h)
+		}
+	}
+	for _, chain := range sortedKeys(haveEP) {
+		if wantEP[chain] == "" {
+			// Its clients' pins go with the set: they are re-balanced.
+			delEP = append(delEP, chain)
+			ft.delSets = append(ft.delSets, haveEP[chain])
 		}
 	}
 	ft.delChains = append(append(delAff, delEP...), ft.delChains...)
+}
+
+// affinityEndpoints maps the endpoint chains of the affinity frontends to
+// their client sets.
+func affinityEndpoints(fes map[string]*affinity) map[string]string {
+	out := map[string]string{}
+	for _, af := range fes {
+		for _, ep := range af.endpoints {
+			out[af.epChain(ep)] = af.epSet(ep)
+		}
+	}
+	return out
 }
 
 func chainMatches(name string, ci ChainInfo) bool {

@@ -148,7 +148,7 @@ func TestFlows(t *testing.T) {
 	w.service(makeService("v6", combine(clusterIP("fd00:10:96::10"), func(s *v1.Service) {
 		s.Spec.IPFamilies = []v1.IPFamily{v1.IPv6Protocol}
 	})), makeSlice("v6", 8080, tcp, ep{ip: "fd00:10:244::2"}, ep{ip: "fd00:10:244:1::2", node: "node-b"}))
-	w.service(makeService("aff", combine(clusterIP("10.96.0.80"), withAffinity(60))),
+	w.service(makeService("aff", combine(clusterIP("10.96.0.80"), withAffinity(60), nodePort(30084, false))),
 		makeSlice("aff", 8080, tcp, ep{ip: "10.244.0.12"}, ep{ip: "10.244.1.12", node: "node-b"}))
 
 	if err := p.Sync(context.Background(), w.snap(), true); err != nil {
@@ -186,6 +186,10 @@ func TestFlows(t *testing.T) {
 		{name: "IPv6 from outside: masquerade", src: "fd00:100::2", dst: "fd00:10:96::10", port: 80, want: "[fd00:10:244::2]:8080,[fd00:10:244:1::2]:8080", masq: true},
 		{name: "affinity: new client may go anywhere", src: pod, dst: "10.96.0.80", port: 80, want: "10.244.0.12:8080,10.244.1.12:8080"},
 		{name: "affinity: known client is pinned", src: "10.244.0.99", dst: "10.96.0.80", port: 80, want: "10.244.1.12:8080"},
+		{name: "affinity: pinned through the cluster IP, pinned through the NodePort", src: "10.244.0.99", dst: node, port: 30084,
+			want: "10.244.1.12:8080", masq: true},
+		{name: "affinity: new client through the NodePort may go anywhere", src: pod, dst: node, port: 30084,
+			want: "10.244.0.12:8080,10.244.1.12:8080", masq: true},
 	})
 }
 

@@ -75,8 +75,8 @@ const (
 	mapFrontendsShort   = "frontends-short" // ETP Local frontend → goto sdnat-N, for pods and the node
 	shortBackendsPrefix = "sbackends-"      // sbackends-N: their cluster-wide endpoints
 	affChainPrefix      = "aff-"            // aff-<frontend>: pinned clients, else pick an endpoint
-	affEPChainPrefix    = "affep-"          // affep-<frontend>-<endpoint>: remember the client, DNAT
-	affSetPrefix        = "affset-"         // affset-<timeout>-<frontend>-<endpoint>: dynamic set of pinned clients
+	affEPChainPrefix    = "affep-"          // affep-<owner>-<endpoint>: remember the client, DNAT
+	affSetPrefix        = "affset-"         // affset-<timeout>-<owner>-<endpoint>: dynamic set of pinned clients
 	setHairpin          = "hairpin"         // local endpoint . itself: a pod reaching itself, masqueraded
 	mapNoEndpoints      = "no-endpoints"    // frontend → goto reject | drop
 	setFirewall         = "firewall"        // load balancer frontends with source ranges
@@ -239,8 +239,16 @@ func (c class) chain() string {
 // the one nft can list: a shared map from client to endpoint would need the
 // result of one lookup as the data of a set update, which the kernel accepts
 // but nft 1.0.6 cannot print (it aborts on the whole ruleset).
+//
+// Each frontend has its own chain, but the endpoint chains and client sets
+// belong to the service port, named after its owner, the port's cluster IP
+// frontend: as with kube-proxy, a client pinned through the cluster IP stays
+// pinned through the NodePort, external IPs and load-balancer IPs, and the
+// endpoint subset of an externalTrafficPolicy Local frontend checks the same
+// sets.
 type affinity struct {
 	fe        Frontend
+	owner     Frontend // names the endpoint chains and sets; fe when the port has no cluster IP
 	endpoints []netip.AddrPort
 	timeout   time.Duration
 }
@@ -250,7 +258,7 @@ func (a *affinity) chain() string {
 }
 
 func (a *affinity) suffix(ep netip.AddrPort) string {
-	return hex.EncodeToString(enc(nil).frontend(a.fe)) + "-" + hex.EncodeToString(enc(nil).addrPort(ep))
+	return hex.EncodeToString(enc(nil).frontend(a.owner)) + "-" + hex.EncodeToString(enc(nil).addrPort(ep))
 }
 
 func (a *affinity) epChain(ep netip.AddrPort) string { return affEPChainPrefix + a.suffix(ep) }
@@ -261,7 +269,8 @@ func (a *affinity) epSet(ep netip.AddrPort) string {
 	return affSetPrefix + strconv.FormatInt(int64(a.timeout/time.Second), 10) + "-" + a.suffix(ep)
 }
 
-// parseAffinitySet decodes an affinity set's name.
+// parseAffinitySet decodes an affinity set's name: its owner, endpoint and
+// timeout.
 func parseAffinitySet(f family, name string) (Frontend, netip.AddrPort, time.Duration, bool) {
 	ts, rest, ok := strings.Cut(strings.TrimPrefix(name, affSetPrefix), "-")
 	t, err := strconv.ParseInt(ts, 10, 64)
@@ -273,11 +282,11 @@ func parseAffinitySet(f family, name string) (Frontend, netip.AddrPort, time.Dur
 }
 
 func (a *affinity) equal(b *affinity) bool {
-	return a.fe == b.fe && a.timeout == b.timeout && slices.Equal(a.endpoints, b.endpoints)
+	return a.fe == b.fe && a.owner == b.owner && a.timeout == b.timeout && slices.Equal(a.endpoints, b.endpoints)
 }
 
-// parseAffinityName decodes "<frontend>-<endpoint>" (or just "<frontend>") from
-// an affinity chain or set name.
+// parseAffinityName decodes "<owner>-<endpoint>" from an affinity endpoint
+// chain or set name, or "<frontend>" from an affinity chain's.
 func parseAffinityName(f family, rest string) (Frontend, netip.AddrPort, bool) {
 	feHex, epHex, hasEP := strings.Cut(rest, "-")
 	b, err := hex.DecodeString(feHex)

@@ -50,30 +50,30 @@ type State struct {
 	ShortBackends  map[int]map[Frontend][]netip.AddrPort
 	Backends       map[int]map[Frontend][]netip.AddrPort // N → frontend → endpoint per slot
 	// AffinityPick holds, per affinity frontend, its endpoints by slot;
-	// AffinityTimeout its timeout; AffinityChains the name of its chain. For
-	// these frontends Frontends holds the class "[np-]aff-N-T" (N endpoints,
-	// T seconds), which names what they do rather than their own chain.
+	// AffinityTimeout its timeout; AffinityChains the name of its chain;
+	// AffinityOwner the frontend whose client sets it checks (its service
+	// port's cluster IP frontend). For these frontends Frontends holds the
+	// class "[np-]aff-N-T" (N endpoints, T seconds), which names what they do
+	// rather than their own chain.
 	AffinityPick    map[Frontend][]netip.AddrPort
 	AffinityTimeout map[Frontend]time.Duration
 	AffinityChains  map[Frontend]string
-	// Affinity holds the clients pinned to an endpoint (the kernel's dynamic sets).
-	Affinity      map[AffinityKey]AffinityEntry
+	AffinityOwner   map[Frontend]Frontend
+	// Affinity holds the clients pinned to an endpoint (the kernel's dynamic
+	// sets). A client can be in several of an owner's sets; a frontend's rules
+	// check its endpoints in slot order.
+	Affinity      map[AffinityKey]bool
 	Hairpin       map[netip.Addr]bool
 	NoEndpoints   map[Frontend]string // "reject-chain" or "drop"
 	Firewall      map[Frontend]bool
 	FirewallAllow map[Frontend][]AddrRange
 }
 
-// AffinityKey is a client and the frontend it connected to.
+// AffinityKey is a client in the client set of an owner's endpoint.
 type AffinityKey struct {
-	Client netip.Addr
-	Frontend
-}
-
-// AffinityEntry is the endpoint a client is pinned to.
-type AffinityEntry struct {
+	Client   netip.Addr
+	Owner    Frontend
 	Endpoint netip.AddrPort
-	Expires  time.Duration
 }
 
 // AddrRange is an inclusive address range.
@@ -91,7 +91,7 @@ func newState(f v1.IPFamily) *State {
 		ShortFrontends: map[Frontend]string{}, ShortBackends: map[int]map[Frontend][]netip.AddrPort{},
 		Backends: map[int]map[Frontend][]netip.AddrPort{}, AffinityPick: map[Frontend][]netip.AddrPort{},
 		AffinityTimeout: map[Frontend]time.Duration{}, AffinityChains: map[Frontend]string{},
-		Affinity: map[AffinityKey]AffinityEntry{}, Hairpin: map[netip.Addr]bool{},
+		AffinityOwner: map[Frontend]Frontend{}, Affinity: map[AffinityKey]bool{}, Hairpin: map[netip.Addr]bool{},
 		NoEndpoints: map[Frontend]string{}, Firewall: map[Frontend]bool{}, FirewallAllow: map[Frontend][]AddrRange{},
 	}
 }
@@ -135,10 +135,11 @@ func (t *Table) Decode() (*State, error) {
 			case name == mapAffinityPick:
 				fe := k.frontend()
 				slot := int(k.slot())
-				_, ep, ok := parseAffinityName(f, strings.TrimPrefix(e.Verdict, affEPChainPrefix))
+				owner, ep, ok := parseAffinityName(f, strings.TrimPrefix(e.Verdict, affEPChainPrefix))
 				if !ok || slot > 1<<16 {
 					return nil, fmt.Errorf("set %s: bad element %x : %s", name, e.Key, e.Verdict)
 				}
+				st.AffinityOwner[fe] = owner
 				eps := st.AffinityPick[fe]
 				for len(eps) <= slot {
 					eps = append(eps, netip.AddrPort{})
@@ -146,11 +147,11 @@ func (t *Table) Decode() (*State, error) {
 				eps[slot] = ep
 				st.AffinityPick[fe] = eps
 			case strings.HasPrefix(name, affSetPrefix):
-				fe, ep, _, ok := parseAffinitySet(f, name)
+				owner, ep, _, ok := parseAffinitySet(f, name)
 				if !ok {
 					continue
 				}
-				st.Affinity[AffinityKey{Client: k.addr(), Frontend: fe}] = AffinityEntry{Endpoint: ep}
+				st.Affinity[AffinityKey{Client: k.addr(), Owner: owner, Endpoint: ep}] = true
 			case strings.HasPrefix(name, backendsPrefix) || strings.HasPrefix(name, shortBackendsPrefix):
 				all, prefix := st.Backends, backendsPrefix
 				if strings.HasPrefix(name, shortBackendsPrefix) {
@@ -186,11 +187,12 @@ func (t *Table) Decode() (*State, error) {
 			}
 		}
 	}
-	// Affinity frontends: their timeout comes from their sets' names, and the
-	// frontends map shows their class.
+	// Affinity frontends: their timeout comes from their owner's sets' names,
+	// and the frontends map shows their class.
+	timeouts := map[Frontend]time.Duration{}
 	for name := range t.Sets {
-		if fe, _, timeout, ok := parseAffinitySet(f, name); ok && strings.HasPrefix(name, affSetPrefix) {
-			st.AffinityTimeout[fe] = timeout
+		if owner, _, timeout, ok := parseAffinitySet(f, name); ok && strings.HasPrefix(name, affSetPrefix) {
+			timeouts[owner] = timeout
 		}
 	}
 	for fe, chain := range st.Frontends {
@@ -198,6 +200,7 @@ func (t *Table) Decode() (*State, error) {
 			continue
 		}
 		st.AffinityChains[fe] = chain
+		st.AffinityTimeout[fe] = timeouts[st.AffinityOwner[fe]]
 		prefix := ""
 		if fe.IsNodePort() {
 			prefix = "np-"
@@ -373,9 +376,13 @@ func (tr *Tracer) Trace(st *State, p Packet) TraceResult {
 		if real, isAff := st.AffinityChains[dnatFE]; isAff {
 			chain, r.Chain = real, real
 			eps, ok = st.AffinityPick[dnatFE], true
-			if a, pinned := st.Affinity[AffinityKey{Client: p.Src, Frontend: dnatFE}]; pinned && slices.Contains(eps, a.Endpoint) {
-				step("%s: affinity pins %s to %s", chain, p.Src, a.Endpoint)
-				eps = []netip.AddrPort{a.Endpoint}
+			owner := st.AffinityOwner[dnatFE]
+			for _, ep := range eps {
+				if st.Affinity[AffinityKey{Client: p.Src, Owner: owner, Endpoint: ep}] {
+					step("%s: affinity pins %s to %s", chain, p.Src, ep)
+					eps = []netip.AddrPort{ep}
+					break
+				}
 			}
 		} else if len(eps) != cl.n {
 			ok = false

@@ -79,7 +79,7 @@ func (k nftKernel) TraceKernel(ctx context.Context, q KernelQuery) (*KernelPath,
 	// rules can choose, and once as the packet would really go, to learn
 	// whether the source is pinned.
 	free := *st
-	free.Affinity = map[nftables.AffinityKey]nftables.AffinityEntry{}
+	free.Affinity = map[nftables.AffinityKey]bool{}
 	all := tracer.Trace(&free, np)
 	live := tracer.Trace(st, np)
 
