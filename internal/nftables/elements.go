@@ -74,20 +74,26 @@ func buildPort(cfg *Config, f family, pv *model.PortView, nodeAddrs []netip.Addr
 		owner = Frontend{Addr: cip, Proto: proto, Port: uint16(pv.Port)}
 	}
 
+	// serveAffinity gives fe an affinity chain over eps, reached through
+	// dispatch (frontends or frontends-short).
+	serveAffinity := func(fe Frontend, eps []*model.Endpoint, short bool, dispatch string) {
+		a := &affinity{fe: fe, owner: owner, short: short, timeout: aff}
+		if !owner.Addr.IsValid() {
+			a.owner = fe
+		}
+		for _, ep := range eps {
+			a.endpoints = append(a.endpoints, ep.AddrPort())
+		}
+		c.affinity = append(c.affinity, a)
+		c.add(dispatch, Element{Key: enc(nil).frontend(fe), Verdict: a.chain()})
+		for i, ep := range a.endpoints {
+			c.add(a.pickMap(), Element{Key: enc(nil).frontend(fe).slot(uint32(i)), Verdict: a.epChain(ep)})
+		}
+	}
+
 	serve := func(fe Frontend, eps []*model.Endpoint) {
 		if aff > 0 {
-			a := &affinity{fe: fe, owner: owner, timeout: aff}
-			if !owner.Addr.IsValid() {
-				a.owner = fe
-			}
-			for _, ep := range eps {
-				a.endpoints = append(a.endpoints, ep.AddrPort())
-			}
-			c.affinity = append(c.affinity, a)
-			c.add(mapFrontends, Element{Key: enc(nil).frontend(fe), Verdict: a.chain()})
-			for i, ep := range a.endpoints {
-				c.add(mapAffinityPick, Element{Key: enc(nil).frontend(fe).slot(uint32(i)), Verdict: a.epChain(ep)})
-			}
+			serveAffinity(fe, eps, false, mapFrontends)
 			return
 		}
 		cl := class{n: len(eps), nodePort: fe.IsNodePort()}
@@ -126,7 +132,9 @@ func buildPort(cfg *Config, f family, pv *model.PortView, nodeAddrs []netip.Addr
 		cluster = model.ByFamily(pv.Cluster, f.v1)
 	}
 	for _, fe := range externals {
-		if len(cluster) > 0 {
+		if len(cluster) > 0 && aff > 0 {
+			serveAffinity(fe, cluster, true, mapFrontendsShort)
+		} else if len(cluster) > 0 {
 			// Pods and the node reaching an ETP Local frontend are not external
 			// clients: like kube-proxy, send them to the cluster-wide endpoints,
 			// whether or not this node has a local one (and whatever the

@@ -241,6 +241,40 @@ func TestKernelAffinitySharedByFrontends(t *testing.T) {
 	}
 }
 
+// Pods and the node reaching an externalTrafficPolicy Local NodePort take the
+// short-circuit to the cluster-wide endpoints; with ClientIP affinity they
+// are pinned there too, in the port's shared sets (kube-proxy sends them
+// through its service chain's affinity).
+func TestKernelAffinityShortCircuit(t *testing.T) {
+	b := newBed(t, 3, nil)
+	b.addService("affl", combine(clusterIP("10.96.0.82"), withAffinity(60), nodePort(30086, true)), v1.ProtocolTCP, v1.IPv4Protocol, 0, 1, 2)
+	b.sync(true)
+	for _, from := range []*netnstest.NS{b.pods[0].NS, b.node.NS} {
+		cip := reach(t, from, "tcp", ap("10.96.0.82:80"), 6)
+		np := reach(t, from, "tcp", ap("192.168.100.1:30086"), 8)
+		if len(cip) != 1 || len(np) != 1 {
+			t.Fatalf("from %s: cluster IP reached %v, NodePort %v; want one endpoint each (affinity)", from.Name, cip, np)
+		}
+		for name := range cip {
+			if np[name] != 8 {
+				t.Errorf("from %s: the cluster IP pinned %s, the NodePort went to %v", from.Name, name, np)
+			}
+		}
+	}
+	// The node's own connection is masqueraded (the endpoint may be on
+	// another node); the pod's keeps its address.
+	if r, err := b.node.Request("tcp", ap("192.168.100.1:30086"), 0, 2*time.Second); err != nil || r.Peer.Addr() == netip.MustParseAddr("192.168.100.1") {
+		t.Errorf("node to its ETP Local NodePort: reply %+v, %v; want the connection masqueraded", r, err)
+	}
+	if r, err := b.pods[0].Request("tcp", ap("192.168.100.1:30086"), 0, 2*time.Second); err != nil || r.Peer.Addr() != b.pods[0].V4 {
+		t.Errorf("pod to the ETP Local NodePort: reply %+v, %v; want its own address kept", r, err)
+	}
+	r := b.traceV4(Packet{Src: b.pods[0].V4, Proto: v1.ProtocolTCP, Dst: netip.MustParseAddr("192.168.100.1"), Port: 30086})
+	if len(r.Endpoints) != 1 || !r.Short {
+		t.Errorf("trace from the pinned pod to the ETP Local NodePort: %v short=%v, want one pinned endpoint (%v)", r.Endpoints, r.Short, r.Steps)
+	}
+}
+
 // traceV4 traces p over the IPv4 state read back from the kernel.
 func (b *bed) traceV4(p Packet) TraceResult {
 	b.t.Helper()

@@ -398,9 +398,13 @@ func (p *program) shortCircuit(nodePort bool) [][]expr.Any {
 
 // affinityRules are the rules of an affinity frontend's chain: a client in an
 // endpoint's set goes to that endpoint; anyone else gets a random endpoint
-// through @affinity-pick.
+// through @affinity-pick (@affinity-pick-short for a short-circuit chain).
 func (p *program) affinityRules(af *affinity) [][]expr.Any {
-	rules := make([][]expr.Any, 0, len(af.endpoints)+1)
+	rules := make([][]expr.Any, 0, len(af.endpoints)+2)
+	if af.short {
+		// The node's own connections are masqueraded, as in sdnat-N.
+		rules = append(rules, cat(fibLocalSource(), p.markMasq()))
+	}
 	for _, ep := range af.endpoints {
 		rules = append(rules, []expr.Any{
 			p.loadAddr(true, 1), lookup(af.epSet(ep), 1, false), verdict(expr.VerdictGoto, af.epChain(ep)),
@@ -408,7 +412,7 @@ func (p *program) affinityRules(af *affinity) [][]expr.Any {
 	}
 	return append(rules, cat(p.loadFrontend(r(0), af.fe.IsNodePort()), []expr.Any{
 		&expr.Numgen{Register: r(p.a + 2), Modulus: uint32(len(af.endpoints)), Type: unix.NFT_NG_RANDOM},
-		vmap(mapAffinityPick, r(0)),
+		vmap(af.pickMap(), r(0)),
 	}))
 }
 

@@ -420,7 +420,7 @@ func (p *Proxier) planFull(f family, t *Table, st *store, trusted bool) (*family
 		ci := t.Chains[name]
 		if !wantChains[name] {
 			// Chains that goto others go first (aff- before affep-).
-			if strings.HasPrefix(name, affChainPrefix) {
+			if strings.HasPrefix(name, affChainPrefix) || strings.HasPrefix(name, affShortChainPrefix) {
 				ft.delChains = append([]string{name}, ft.delChains...)
 			} else {
 				ft.delChains = append(ft.delChains, name)
@@ -478,7 +478,8 @@ func (p *Proxier) planFull(f family, t *Table, st *store, trusted bool) (*family
 // isAffinityName reports whether a chain or set belongs to an affinity
 // frontend; those are planned from the store's affinity records.
 func isAffinityName(name string) bool {
-	return strings.HasPrefix(name, affChainPrefix) || strings.HasPrefix(name, affEPChainPrefix) ||
+	return strings.HasPrefix(name, affChainPrefix) || strings.HasPrefix(name, affShortChainPrefix) ||
+		strings.HasPrefix(name, affEPChainPrefix) ||
 		strings.HasPrefix(name, affSetPrefix)
 }
 

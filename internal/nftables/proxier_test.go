@@ -150,12 +150,16 @@ func TestFlows(t *testing.T) {
 	})), makeSlice("v6", 8080, tcp, ep{ip: "fd00:10:244::2"}, ep{ip: "fd00:10:244:1::2", node: "node-b"}))
 	w.service(makeService("aff", combine(clusterIP("10.96.0.80"), withAffinity(60), nodePort(30084, false))),
 		makeSlice("aff", 8080, tcp, ep{ip: "10.244.0.12"}, ep{ip: "10.244.1.12", node: "node-b"}))
+	w.service(makeService("affl", combine(clusterIP("10.96.0.82"), withAffinity(60), nodePort(30086, true))),
+		makeSlice("affl", 8080, tcp, ep{ip: "10.244.0.14"}, ep{ip: "10.244.1.14", node: "node-b"}))
 
 	if err := p.Sync(context.Background(), w.snap(), true); err != nil {
 		t.Fatal(err)
 	}
 	k.SetAffinity(netip.MustParseAddr("10.244.0.99"), Frontend{Addr: netip.MustParseAddr("10.96.0.80"), Proto: protoTCP, Port: 80},
 		netip.MustParseAddrPort("10.244.1.12:8080"))
+	k.SetAffinity(netip.MustParseAddr("10.244.0.99"), Frontend{Addr: netip.MustParseAddr("10.96.0.82"), Proto: protoTCP, Port: 80},
+		netip.MustParseAddrPort("10.244.1.14:8080"))
 
 	pod, client, node := "10.244.0.5", "192.168.100.2", "192.168.100.1"
 	checkFlows(t, p, []flow{
@@ -190,6 +194,12 @@ func TestFlows(t *testing.T) {
 			want: "10.244.1.12:8080", masq: true},
 		{name: "affinity: new client through the NodePort may go anywhere", src: pod, dst: node, port: 30084,
 			want: "10.244.0.12:8080,10.244.1.12:8080", masq: true},
+		{name: "affinity, ETP Local: the short-circuit keeps the pin to a remote endpoint", src: "10.244.0.99", dst: node, port: 30086,
+			want: "10.244.1.14:8080"},
+		{name: "affinity, ETP Local: a new pod may go anywhere", src: pod, dst: node, port: 30086, want: "10.244.0.14:8080,10.244.1.14:8080"},
+		{name: "affinity, ETP Local: an external client gets the local endpoint", src: client, dst: node, port: 30086, want: "10.244.0.14:8080"},
+		{name: "affinity, ETP Local from the node: short-circuit, masquerade", src: node, dst: node, port: 30086, fromNode: true,
+			want: "10.244.0.14:8080,10.244.1.14:8080", masq: true},
 	})
 }
 

@@ -68,23 +68,25 @@ func (f family) size(k field) int {
 
 // Set names. They never contain ':' (nft 1.0.6 cannot parse it in names).
 const (
-	setClusterIPs       = "cluster-ips"     // every cluster IP: traffic still addressed to one after DNAT is rejected
-	setMasq             = "masquerade"      // frontends whose traffic is always masqueraded
-	mapFrontends        = "frontends"       // frontend → goto the DNAT chain of its class
-	mapAffinityPick     = "affinity-pick"   // frontend . slot → goto the affinity endpoint chain
-	mapFrontendsShort   = "frontends-short" // ETP Local frontend → goto sdnat-N, for pods and the node
-	shortBackendsPrefix = "sbackends-"      // sbackends-N: their cluster-wide endpoints
-	affChainPrefix      = "aff-"            // aff-<frontend>: pinned clients, else pick an endpoint
-	affEPChainPrefix    = "affep-"          // affep-<owner>-<endpoint>: remember the client, DNAT
-	affSetPrefix        = "affset-"         // affset-<timeout>-<owner>-<endpoint>: dynamic set of pinned clients
-	setHairpin          = "hairpin"         // local endpoint . itself: a pod reaching itself, masqueraded
-	mapNoEndpoints      = "no-endpoints"    // frontend → goto reject | drop
-	setFirewall         = "firewall"        // load balancer frontends with source ranges
-	setFirewallAllow    = "firewall-allow"  // LB frontend . allowed source range
-	backendsPrefix      = "backends-"       // backends-N: frontend . slot → endpoint, for N endpoints
-	verdictDrop         = "drop"
-	chainReject         = "reject-chain" // "reject" alone is an nft keyword: "nft list chain ip kproxy reject" fails
-	affinitySetSize     = 1 << 16
+	setClusterIPs        = "cluster-ips"         // every cluster IP: traffic still addressed to one after DNAT is rejected
+	setMasq              = "masquerade"          // frontends whose traffic is always masqueraded
+	mapFrontends         = "frontends"           // frontend → goto the DNAT chain of its class
+	mapAffinityPick      = "affinity-pick"       // frontend . slot → goto the affinity endpoint chain
+	mapAffinityPickShort = "affinity-pick-short" // the same for saff- chains: their cluster-wide endpoints
+	mapFrontendsShort    = "frontends-short"     // ETP Local frontend → goto sdnat-N, for pods and the node
+	shortBackendsPrefix  = "sbackends-"          // sbackends-N: their cluster-wide endpoints
+	affChainPrefix       = "aff-"                // aff-<frontend>: pinned clients, else pick an endpoint
+	affShortChainPrefix  = "saff-"               // saff-<frontend>: the same for an ETP Local frontend's short-circuit
+	affEPChainPrefix     = "affep-"              // affep-<owner>-<endpoint>: remember the client, DNAT
+	affSetPrefix         = "affset-"             // affset-<timeout>-<owner>-<endpoint>: dynamic set of pinned clients
+	setHairpin           = "hairpin"             // local endpoint . itself: a pod reaching itself, masqueraded
+	mapNoEndpoints       = "no-endpoints"        // frontend → goto reject | drop
+	setFirewall          = "firewall"            // load balancer frontends with source ranges
+	setFirewallAllow     = "firewall-allow"      // LB frontend . allowed source range
+	backendsPrefix       = "backends-"           // backends-N: frontend . slot → endpoint, for N endpoints
+	verdictDrop          = "drop"
+	chainReject          = "reject-chain" // "reject" alone is an nft keyword: "nft list chain ip kproxy reject" fails
+	affinitySetSize      = 1 << 16
 )
 
 // setSpec describes one named set or map.
@@ -127,6 +129,7 @@ var staticSets = []setSpec{
 	{name: mapFrontends, key: frontendKey, verdict: true},
 	{name: mapFrontendsShort, key: frontendKey, verdict: true},
 	{name: mapAffinityPick, key: []field{fAddr, fProto, fPort, fSlot}, verdict: true},
+	{name: mapAffinityPickShort, key: []field{fAddr, fProto, fPort, fSlot}, verdict: true},
 	{name: setHairpin, key: []field{fAddr, fAddr}},
 	{name: mapNoEndpoints, key: frontendKey, verdict: true},
 	{name: setFirewall, key: frontendKey},
@@ -245,16 +248,30 @@ func (c class) chain() string {
 // frontend: as with kube-proxy, a client pinned through the cluster IP stays
 // pinned through the NodePort, external IPs and load-balancer IPs, and the
 // endpoint subset of an externalTrafficPolicy Local frontend checks the same
-// sets.
+// sets. Pods and the node reaching an externalTrafficPolicy Local frontend
+// take its short-circuit (short): a chain of its own over the port's
+// cluster-wide endpoints, with the same sets.
 type affinity struct {
 	fe        Frontend
 	owner     Frontend // names the endpoint chains and sets; fe when the port has no cluster IP
+	short     bool
 	endpoints []netip.AddrPort
 	timeout   time.Duration
 }
 
 func (a *affinity) chain() string {
+	if a.short {
+		return affShortChainPrefix + hex.EncodeToString(enc(nil).frontend(a.fe))
+	}
 	return affChainPrefix + hex.EncodeToString(enc(nil).frontend(a.fe))
+}
+
+// pickMap is the map of the frontend's endpoints by slot.
+func (a *affinity) pickMap() string {
+	if a.short {
+		return mapAffinityPickShort
+	}
+	return mapAffinityPick
 }
 
 func (a *affinity) suffix(ep netip.AddrPort) string {
@@ -282,7 +299,7 @@ func parseAffinitySet(f family, name string) (Frontend, netip.AddrPort, time.Dur
 }
 
 func (a *affinity) equal(b *affinity) bool {
-	return a.fe == b.fe && a.owner == b.owner && a.timeout == b.timeout && slices.Equal(a.endpoints, b.endpoints)
+	return a.fe == b.fe && a.owner == b.owner && a.short == b.short && a.timeout == b.timeout && slices.Equal(a.endpoints, b.endpoints)
 }
 
 // parseAffinityName decodes "<owner>-<endpoint>" from an affinity endpoint

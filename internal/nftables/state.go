@@ -59,6 +59,10 @@ type State struct {
 	AffinityTimeout map[Frontend]time.Duration
 	AffinityChains  map[Frontend]string
 	AffinityOwner   map[Frontend]Frontend
+	// ShortAffinityPick and ShortAffinityChains are the same for the ETP
+	// Local short-circuit, whose ShortFrontends entry is "[np-]saff-N-T".
+	ShortAffinityPick   map[Frontend][]netip.AddrPort
+	ShortAffinityChains map[Frontend]string
 	// Affinity holds the clients pinned to an endpoint (the kernel's dynamic
 	// sets). A client can be in several of an owner's sets; a frontend's rules
 	// check its endpoints in slot order.
@@ -91,7 +95,8 @@ func newState(f v1.IPFamily) *State {
 		ShortFrontends: map[Frontend]string{}, ShortBackends: map[int]map[Frontend][]netip.AddrPort{},
 		Backends: map[int]map[Frontend][]netip.AddrPort{}, AffinityPick: map[Frontend][]netip.AddrPort{},
 		AffinityTimeout: map[Frontend]time.Duration{}, AffinityChains: map[Frontend]string{},
-		AffinityOwner: map[Frontend]Frontend{}, Affinity: map[AffinityKey]bool{}, Hairpin: map[netip.Addr]bool{},
+		AffinityOwner: map[Frontend]Frontend{}, Affinity: map[AffinityKey]bool{},
+		ShortAffinityPick: map[Frontend][]netip.AddrPort{}, ShortAffinityChains: map[Frontend]string{}, Hairpin: map[netip.Addr]bool{},
 		NoEndpoints: map[Frontend]string{}, Firewall: map[Frontend]bool{}, FirewallAllow: map[Frontend][]AddrRange{},
 	}
 }
@@ -132,7 +137,7 @@ func (t *Table) Decode() (*State, error) {
 				}
 			case name == setHairpin:
 				st.Hairpin[k.addr()] = true
-			case name == mapAffinityPick:
+			case name == mapAffinityPick || name == mapAffinityPickShort:
 				fe := k.frontend()
 				slot := int(k.slot())
 				owner, ep, ok := parseAffinityName(f, strings.TrimPrefix(e.Verdict, affEPChainPrefix))
@@ -140,12 +145,16 @@ func (t *Table) Decode() (*State, error) {
 					return nil, fmt.Errorf("set %s: bad element %x : %s", name, e.Key, e.Verdict)
 				}
 				st.AffinityOwner[fe] = owner
-				eps := st.AffinityPick[fe]
+				picks := st.AffinityPick
+				if name == mapAffinityPickShort {
+					picks = st.ShortAffinityPick
+				}
+				eps := picks[fe]
 				for len(eps) <= slot {
 					eps = append(eps, netip.AddrPort{})
 				}
 				eps[slot] = ep
-				st.AffinityPick[fe] = eps
+				picks[fe] = eps
 			case strings.HasPrefix(name, affSetPrefix):
 				owner, ep, _, ok := parseAffinitySet(f, name)
 				if !ok {
@@ -195,17 +204,26 @@ func (t *Table) Decode() (*State, error) {
 			timeouts[owner] = timeout
 		}
 	}
+	class := func(fe Frontend, short string, n int) string {
+		prefix := ""
+		if fe.IsNodePort() {
+			prefix = "np-"
+		}
+		return fmt.Sprintf("%s%saff-%d-%d", prefix, short, n, int64(timeouts[st.AffinityOwner[fe]]/time.Second))
+	}
 	for fe, chain := range st.Frontends {
 		if !strings.HasPrefix(chain, affChainPrefix) {
 			continue
 		}
 		st.AffinityChains[fe] = chain
 		st.AffinityTimeout[fe] = timeouts[st.AffinityOwner[fe]]
-		prefix := ""
-		if fe.IsNodePort() {
-			prefix = "np-"
+		st.Frontends[fe] = class(fe, "", len(st.AffinityPick[fe]))
+	}
+	for fe, chain := range st.ShortFrontends {
+		if strings.HasPrefix(chain, affShortChainPrefix) {
+			st.ShortAffinityChains[fe] = chain
+			st.ShortFrontends[fe] = class(fe, "s", len(st.ShortAffinityPick[fe]))
 		}
-		st.Frontends[fe] = fmt.Sprintf("%saff-%d-%d", prefix, len(st.AffinityPick[fe]), int64(st.AffinityTimeout[fe]/time.Second))
 	}
 	return st, nil
 }
@@ -354,28 +372,26 @@ func (tr *Tracer) Trace(st *State, p Packet) TraceResult {
 	if dispatched {
 		r.Frontend, r.Short = dnatFE, short
 	}
-	if short {
-		chain := st.ShortFrontends[dnatFE]
-		r.Chain = chain
-		step("services: %s from inside the cluster → %s", dnatFE, chain)
-		cl, ok := parseClassChain(chain)
-		eps := st.ShortBackends[cl.n][dnatFE]
-		if tr.isLocal(p.Src) {
-			mark = true
+	if dispatched {
+		frontends, backends, affChains, picks := st.Frontends, st.Backends, st.AffinityChains, st.AffinityPick
+		if short {
+			frontends, backends, affChains, picks = st.ShortFrontends, st.ShortBackends, st.ShortAffinityChains, st.ShortAffinityPick
 		}
-		if ok && st.Chains[chain] && len(eps) == cl.n && !slices.Contains(eps, netip.AddrPort{}) {
-			r.Endpoints = slices.Clone(eps)
-			slices.SortFunc(r.Endpoints, func(a, b netip.AddrPort) int { return a.Compare(b) })
-		}
-	} else if dispatched {
-		chain := st.Frontends[dnatFE]
+		chain := frontends[dnatFE]
 		r.Chain = chain
-		step("services: %s → %s", dnatFE, chain)
+		if short {
+			step("services: %s from inside the cluster → %s", dnatFE, chain)
+			if tr.isLocal(p.Src) {
+				mark = true // sdnat-N and saff- masquerade the node's own connections
+			}
+		} else {
+			step("services: %s → %s", dnatFE, chain)
+		}
 		cl, ok := parseClassChain(chain)
-		eps := st.Backends[cl.n][dnatFE]
-		if real, isAff := st.AffinityChains[dnatFE]; isAff {
+		eps := backends[cl.n][dnatFE]
+		if real, isAff := affChains[dnatFE]; isAff {
 			chain, r.Chain = real, real
-			eps, ok = st.AffinityPick[dnatFE], true
+			eps, ok = picks[dnatFE], true
 			owner := st.AffinityOwner[dnatFE]
 			for _, ep := range eps {
 				if st.Affinity[AffinityKey{Client: p.Src, Owner: owner, Endpoint: ep}] {

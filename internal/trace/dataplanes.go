@@ -102,8 +102,12 @@ func (k nftKernel) TraceKernel(ctx context.Context, q KernelQuery) (*KernelPath,
 	// The frontend and chain the DNAT lookup hit, as the data plane's own
 	// tracer found them (including the ETP Local short-circuit).
 	fe, chain := all.Frontend, all.Chain
-	if c, ok := st.Frontends[fe]; ok && !all.Short {
-		chain = c // the class chain ("aff-N-TIMEOUT"), not the affinity chain it leads to
+	frontends := st.Frontends
+	if all.Short {
+		frontends = st.ShortFrontends
+	}
+	if c, ok := frontends[fe]; ok {
+		chain = c // the class chain ("[s]aff-N-TIMEOUT"), not the affinity chain it leads to
 	}
 	weights := slotWeights(st, fe, chain, all.Short)
 	hairpin := st.Hairpin[pkt.Src]
@@ -154,7 +158,7 @@ func slotWeights(st *nftables.State, fe nftables.Frontend, chain string, short b
 }
 
 // The DNAT chains are named after their class: "[np-]dnat-N", "[np-]sdnat-N"
-// (the ETP Local short-circuit) or "[np-]aff-N-TIMEOUT" (see the nftables
+// (the ETP Local short-circuit) or "[np-][s]aff-N-TIMEOUT" (see the nftables
 // package's README). These two helpers read that name; a TraceResult that
 // reported the class would make them unnecessary.
 func slotsOf(chain string) (int, bool) {
@@ -164,7 +168,7 @@ func slotsOf(chain string) (int, bool) {
 		rest, ok = strings.CutPrefix(chain, "sdnat-")
 	}
 	if !ok {
-		rest, ok = strings.CutPrefix(chain, "aff-")
+		rest, ok = strings.CutPrefix(strings.TrimPrefix(chain, "s"), "aff-")
 		rest, _, _ = strings.Cut(rest, "-")
 	}
 	if !ok {
@@ -175,7 +179,7 @@ func slotsOf(chain string) (int, bool) {
 }
 
 func affinityOf(chain string) (int64, bool) {
-	rest, ok := strings.CutPrefix(strings.TrimPrefix(chain, "np-"), "aff-")
+	rest, ok := strings.CutPrefix(strings.TrimPrefix(strings.TrimPrefix(chain, "np-"), "s"), "aff-")
 	if !ok {
 		return 0, false
 	}

@@ -142,6 +142,13 @@ func testSnapshot(t *testing.T) *model.Snapshot {
 			lb("198.51.100.3", 30444, false, 0)(s)
 			s.Spec.LoadBalancerSourceRanges = []string{"192.168.0.0/24"}
 		}),
+		makeTestService("sticky-local", "10.96.0.25", func(s *v1.Service) {
+			s.Spec.Type = v1.ServiceTypeNodePort
+			s.Spec.Ports[0].NodePort = 30083
+			s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+			s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+			s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](300)}}
+		}),
 		// Both policies Local, the only endpoint on another node.
 		makeTestService("lb-all-local", "10.96.0.24", func(s *v1.Service) {
 			lb("198.51.100.4", 30445, true, 32001)(s)
@@ -170,6 +177,7 @@ func testSnapshot(t *testing.T) *model.Snapshot {
 		makeTestSlice("dual-v4eps", "dv4-1", "http", v1.ProtocolTCP, 8080, up("10.244.1.18", "node-b")),
 		makeTestSlice("lb-ranges-node", "lbrn-1", "http", v1.ProtocolTCP, 8080, up("10.244.1.17", "node-b")),
 		makeTestSlice("lb-all-local", "lbal-1", "http", v1.ProtocolTCP, 8080, up("10.244.1.19", "node-b")),
+		makeTestSlice("sticky-local", "stl-1", "http", v1.ProtocolTCP, 8080, up("10.244.0.21", "node-a"), up("10.244.1.21", "node-b")),
 	} {
 		tr.OnEndpointSliceAdd(s)
 	}
@@ -347,6 +355,18 @@ func modelCases() []modelCase {
 			from: "127.0.0.1", to: "127.0.0.1:30081/tcp",
 			opts:        func(o *Options) { o.NodeAddresses = []netip.Addr{netip.MustParseAddr("127.0.0.1")} },
 			wantVerdict: VerdictNone,
+		},
+		{
+			name: "session affinity, ETP Local NodePort from a pod: short-circuit, still sticky",
+			from: "10.244.0.99", to: "192.168.0.10:30083/tcp",
+			wantVerdict: VerdictDNAT, wantService: "ns/sticky-local:http", wantVia: ViaNodePort, wantPolicy: PolicyCluster,
+			wantEndpoints: []string{"10.244.0.21:8080", "10.244.1.21:8080"}, wantAffinity: 300,
+		},
+		{
+			name: "session affinity, ETP Local NodePort from outside: local endpoint, sticky",
+			from: "203.0.113.7", to: "192.168.0.10:30083/tcp",
+			wantVerdict: VerdictDNAT, wantService: "ns/sticky-local:http", wantVia: ViaNodePort, wantPolicy: PolicyLocal,
+			wantEndpoints: []string{"10.244.0.21:8080"}, wantAffinity: 300,
 		},
 		{
 			name: "NodePort on localhost when enabled: node traffic, masqueraded",
