@@ -75,6 +75,20 @@ type affinityEntry struct {
 	expires int64
 }
 
+// affinityTable holds the ClientIP pins of a service port. Its internal and
+// external balancers share it: as with kube-proxy, whose client sets belong to
+// the endpoints, a client pinned through the cluster IP stays pinned through
+// the NodePort when the traffic policies differ, as long as its endpoint is
+// one that balancer may use.
+type affinityTable struct {
+	mu sync.Mutex
+	m  map[netip.Addr]affinityEntry
+}
+
+func newAffinityTable() *affinityTable {
+	return &affinityTable{m: map[netip.Addr]affinityEntry{}}
+}
+
 // balancer picks endpoints round-robin, with ClientIP affinity and dial backoff.
 // A service port has one for internal traffic and, when the traffic policies
 // differ, another for external traffic.
@@ -82,13 +96,11 @@ type balancer struct {
 	clock func() int64
 	set   atomic.Pointer[endpointSet]
 	next  atomic.Uint64
-
-	affMu sync.Mutex
-	aff   map[netip.Addr]affinityEntry
+	aff   *affinityTable
 }
 
-func newBalancer(clock func() int64) *balancer {
-	b := &balancer{clock: clock, aff: map[netip.Addr]affinityEntry{}}
+func newBalancer(clock func() int64, aff *affinityTable) *balancer {
+	b := &balancer{clock: clock, aff: aff}
 	b.set.Store(&endpointSet{})
 	return b
 }
@@ -105,9 +117,9 @@ func (b *balancer) update(eps []*endpoint, affinity time.Duration) {
 			s.members[ep] = true
 		}
 	} else {
-		b.affMu.Lock()
-		clear(b.aff)
-		b.affMu.Unlock()
+		b.aff.mu.Lock()
+		clear(b.aff.m)
+		b.aff.mu.Unlock()
 	}
 	b.set.Store(s)
 }
@@ -123,15 +135,15 @@ func (b *balancer) pick(client netip.Addr, f family, tried []*endpoint) *endpoin
 	}
 	now := b.clock()
 	if s.affinity > 0 && len(tried) == 0 {
-		b.affMu.Lock()
-		e, ok := b.aff[client]
+		b.aff.mu.Lock()
+		e, ok := b.aff.m[client]
 		if ok && now < e.expires && s.members[e.ep] && !e.ep.backingOff(now) {
 			// kube-proxy refreshes the affinity entry on every new connection.
-			b.aff[client] = affinityEntry{ep: e.ep, expires: now + int64(s.affinity)}
-			b.affMu.Unlock()
+			b.aff.m[client] = affinityEntry{ep: e.ep, expires: now + int64(s.affinity)}
+			b.aff.mu.Unlock()
 			return e.ep
 		}
-		b.affMu.Unlock()
+		b.aff.mu.Unlock()
 	}
 	var chosen, fallback *endpoint
 	start := b.next.Add(1) - 1
@@ -155,32 +167,32 @@ func (b *balancer) pick(client netip.Addr, f family, tried []*endpoint) *endpoin
 		chosen = fallback
 	}
 	if chosen != nil && s.affinity > 0 {
-		b.affMu.Lock()
-		b.aff[client] = affinityEntry{ep: chosen, expires: now + int64(s.affinity)}
-		b.affMu.Unlock()
+		b.aff.mu.Lock()
+		b.aff.m[client] = affinityEntry{ep: chosen, expires: now + int64(s.affinity)}
+		b.aff.mu.Unlock()
 	}
 	return chosen
 }
 
 // forget drops the affinity of client, after its endpoint failed.
 func (b *balancer) forget(client netip.Addr, ep *endpoint) {
-	b.affMu.Lock()
-	if e, ok := b.aff[client]; ok && e.ep == ep {
-		delete(b.aff, client)
+	b.aff.mu.Lock()
+	if e, ok := b.aff.m[client]; ok && e.ep == ep {
+		delete(b.aff.m, client)
 	}
-	b.affMu.Unlock()
+	b.aff.mu.Unlock()
 }
 
 // expire removes stale affinity entries so the table does not grow without bound.
 func (b *balancer) expire() {
 	now := b.clock()
-	b.affMu.Lock()
-	for ip, e := range b.aff {
+	b.aff.mu.Lock()
+	for ip, e := range b.aff.m {
 		if now >= e.expires {
-			delete(b.aff, ip)
+			delete(b.aff.m, ip)
 		}
 	}
-	b.affMu.Unlock()
+	b.aff.mu.Unlock()
 }
 
 func contains(eps []*endpoint, ep *endpoint) bool {

@@ -54,7 +54,7 @@ func makeTestSlices(svc string, proto v1.Protocol, eps ...netip.AddrPort) []*dis
 		if ep.Addr().Is6() {
 			at = discovery.AddressTypeIPv6
 		}
-		name, port, ready := "p", int32(ep.Port()), true
+		name, port, ready, node := "p", int32(ep.Port()), true, "node-1" // on this node
 		out = append(out, &discovery.EndpointSlice{
 			ObjectMeta: metav1.ObjectMeta{
 				Namespace: testNS, Name: fmt.Sprintf("%s-%d", svc, i),
@@ -64,6 +64,7 @@ func makeTestSlices(svc string, proto v1.Protocol, eps ...netip.AddrPort) []*dis
 			Ports:       []discovery.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
 			Endpoints: []discovery.Endpoint{{
 				Addresses:  []string{ep.Addr().String()},
+				NodeName:   &node,
 				Conditions: discovery.EndpointConditions{Ready: &ready},
 			}},
 		})

@@ -244,13 +244,14 @@ type servicePort struct {
 }
 
 func (p *Proxier) newServicePort(name model.ServicePortName, proto v1.Protocol) *servicePort {
+	aff := newAffinityTable()
 	sp := &servicePort{
 		p:         p,
 		name:      name,
 		label:     name.String(),
 		proto:     proto,
-		internal:  newBalancer(p.now),
-		external:  newBalancer(p.now),
+		internal:  newBalancer(p.now, aff),
+		external:  newBalancer(p.now, aff),
 		endpoints: map[netip.AddrPort]*endpoint{},
 		tracked:   map[tracked]struct{}{},
 		bindErrs:  map[listenerKey]error{},
@@ -634,8 +635,7 @@ func (p *Proxier) janitor() {
 			if len(sp.bindErrs) > 0 {
 				p.bindPort(sp)
 			}
-			sp.internal.expire()
-			sp.external.expire()
+			sp.internal.expire() // the table is the external balancer's too
 		}
 		p.mu.Unlock()
 	}

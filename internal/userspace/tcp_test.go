@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"strings"
@@ -118,6 +119,29 @@ func TestAffinity(t *testing.T) {
 		}
 		if len(seen) != 3 {
 			t.Fatalf("three clients landed on %v, want them spread over the three backends", seen)
+		}
+	})
+	t.Run("an ETP Local NodePort shares the cluster IP's pins", func(t *testing.T) {
+		// The traffic policies differ, so the NodePort has a balancer of its
+		// own, but the pins are the service port's.
+		h := newHarness(t, testConfig())
+		sixty := int32(60)
+		h.setService(makeTestService("sticky-local", func(s *v1.Service) {
+			s.Spec.ClusterIPs = []string{"127.10.4.12"}
+			s.Spec.Type = v1.ServiceTypeNodePort
+			s.Spec.Ports[0].NodePort = 30085
+			s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+			s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+			s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: &sixty}}
+		}))
+		h.setEndpoints("sticky-local", v1.ProtocolTCP, threeBackends(t)...)
+		h.sync()
+		// Another client first, so that the two balancers' turns differ.
+		whoAnswers(t, "127.0.0.2", "127.10.4.12:18080", 1)
+		cip := whoAnswers(t, "127.0.0.3", "127.10.4.12:18080", 3)
+		np := whoAnswers(t, "127.0.0.3", "127.10.5.1:30085", 3)
+		if len(cip) != 1 || !maps.Equal(cip, np) {
+			t.Fatalf("the cluster IP answered with %v, the NodePort with %v; want the same single backend", cip, np)
 		}
 	})
 	t.Run("expiry rebalances", func(t *testing.T) {
