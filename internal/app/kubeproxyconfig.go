@@ -77,6 +77,10 @@ func applyKubeProxyConfiguration(path string, c *config.Config, fs *pflag.FlagSe
 	if kp.Mode == config.ModeNFTables {
 		set("proxy-mode", func() { c.Mode = config.ModeNFTables })
 	}
+	switch kp.DetectLocalMode {
+	case config.DetectLocalClusterCIDR, config.DetectLocalNodeCIDR:
+		set("detect-local-mode", func() { c.DetectLocalMode = string(kp.DetectLocalMode) })
+	}
 	parse("cluster-cidr", "clusterCIDR", kp.ClusterCIDR, c, func(c *config.Config, v string) (err error) {
 		c.ClusterCIDRs, err = config.ParseCIDRs(v)
 		return err

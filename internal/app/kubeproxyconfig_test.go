@@ -158,3 +158,35 @@ func runOptions(t *testing.T, args ...string) (config.Config, []string, error) {
 	c, err := o.complete(fs, func(w string) { warnings = append(warnings, w) })
 	return c, warnings, err
 }
+
+func TestDetectLocalMode(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	data := strings.Replace(kubeProxyConfig, "mode: nftables", "mode: nftables\ndetectLocalMode: NodeCIDR", 1)
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, warnings, err := runOptions(t, "--config", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DetectLocalMode != config.DetectLocalNodeCIDR {
+		t.Errorf("detect-local-mode %q from the file, want NodeCIDR", c.DetectLocalMode)
+	}
+	if w := strings.Join(warnings, "\n"); strings.Contains(w, "detectLocalMode") {
+		t.Errorf("detectLocalMode NodeCIDR is supported, yet warned about: %q", w)
+	}
+	if c, _, err := runOptions(t, "--config", path, "--detect-local-mode=ClusterCIDR"); err != nil || c.DetectLocalMode != config.DetectLocalClusterCIDR {
+		t.Errorf("the flag wins over the file: %q, %v", c.DetectLocalMode, err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--kubeconfig=/k", "--detect-local-mode=InterfaceNamePrefix"}, `--detect-local-mode "InterfaceNamePrefix": want ClusterCIDR or NodeCIDR`},
+		{[]string{"--manifests=" + t.TempDir(), "--state-dir=" + t.TempDir(), "--detect-local-mode=NodeCIDR"}, "needs cluster mode"},
+	} {
+		if _, _, err := runOptions(t, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: error %v, want one saying %q", tc.args, err, tc.want)
+		}
+	}
+}

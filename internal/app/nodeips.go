@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -13,13 +14,16 @@ import (
 
 	"github.com/kproxy/kproxy/internal/config"
 	"github.com/kproxy/kproxy/internal/kube"
+	"github.com/kproxy/kproxy/internal/model"
 )
 
 // nodeWait is how long cluster mode waits for this node's Node object to learn
-// its primary addresses (kube-proxy waits as long), and nodePoll how often it asks.
+// its primary addresses, podCIDRWait how long for its pod CIDRs (kube-proxy
+// waits as long for each), and nodePoll how often it asks.
 const (
-	nodeWait = 30 * time.Second
-	nodePoll = time.Second
+	nodeWait    = 30 * time.Second
+	podCIDRWait = 5 * time.Minute
+	nodePoll    = time.Second
 )
 
 // primaryNodePortAddresses resolves --nodeport-addresses=primary at start, as
@@ -33,7 +37,7 @@ func primaryNodePortAddresses(ctx context.Context, log *slog.Logger, cfg config.
 		node = (&hostNode{name: cfg.HostnameOverride}).synthesize()
 	} else {
 		var err error
-		if node, err = fetchNode(ctx, cfg, nodeWait); err != nil {
+		if node, err = fetchNode(ctx, cfg, nodeWait, nil); err != nil {
 			log.Warn("cannot learn this node's primary addresses; NodePorts answer on every node address", "err", err)
 			return nil
 		}
@@ -71,8 +75,23 @@ func primaryIPs(node *v1.Node) []netip.Addr {
 	return out
 }
 
-// fetchNode reads this node's Node object, retrying until wait has passed.
-func fetchNode(ctx context.Context, cfg config.Config, wait time.Duration) (*v1.Node, error) {
+// nodePodCIDRs resolves --detect-local-mode=NodeCIDR at start, as kube-proxy
+// does: the Node's spec.podCIDRs become the prefixes that tell this node's pod
+// traffic from the rest. It waits up to wait for the Node to have them; without
+// them kproxy cannot tell which traffic to masquerade, and does not start.
+func nodePodCIDRs(ctx context.Context, log *slog.Logger, cfg config.Config, wait time.Duration) ([]netip.Prefix, error) {
+	node, err := fetchNode(ctx, cfg, wait, func(n *v1.Node) bool { return len(model.NodeFrom(n).PodCIDRs) > 0 })
+	if err != nil {
+		return nil, fmt.Errorf("--detect-local-mode NodeCIDR: no pod CIDR on the Node after %s: %w", wait, err)
+	}
+	cidrs := model.NodeFrom(node).PodCIDRs
+	log.Info("local traffic is the node's pod CIDRs (--detect-local-mode NodeCIDR)", "podCIDRs", fmt.Sprint(cidrs))
+	return cidrs, nil
+}
+
+// fetchNode reads this node's Node object, retrying until ready (nil: any)
+// accepts it or wait has passed.
+func fetchNode(ctx context.Context, cfg config.Config, wait time.Duration, ready func(*v1.Node) bool) (*v1.Node, error) {
 	rc, err := kube.RESTConfig(kube.Config{Kubeconfig: cfg.Kubeconfig, Master: cfg.Master})
 	if err != nil {
 		return nil, err
@@ -86,7 +105,10 @@ func fetchNode(ctx context.Context, cfg config.Config, wait time.Duration) (*v1.
 	for {
 		node, err := client.CoreV1().Nodes().Get(ctx, cfg.HostnameOverride, metav1.GetOptions{})
 		if err == nil {
-			return node, nil
+			if ready == nil || ready(node) {
+				return node, nil
+			}
+			err = errors.New("not there yet")
 		}
 		select {
 		case <-ctx.Done():

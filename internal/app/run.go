@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -54,6 +55,7 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.ServiceProxyName, "service-proxy-name", c.ServiceProxyName, "Also serve services labelled service.kubernetes.io/service-proxy-name with this value")
 	fs.StringVar(&c.Mode, "proxy-mode", c.Mode, "nftables or userspace (default: nftables as root when nftables works, otherwise userspace)")
 	fs.StringVar(&o.clusterCIDR, "cluster-cidr", o.clusterCIDR, "CIDR[,CIDR] of the pod network: traffic to services from outside it is masqueraded")
+	fs.StringVar(&c.DetectLocalMode, "detect-local-mode", c.DetectLocalMode, "How this node's pod traffic is told from the rest: ClusterCIDR (by --cluster-cidr) or NodeCIDR (by the Node's spec.podCIDRs, read at start; cluster mode)")
 	fs.StringVar(&o.nodePortAddr, "nodeport-addresses", o.nodePortAddr, "CIDR[,CIDR] of the node addresses NodePorts answer on, or primary for the node's primary address of each family (default: every node address except loopback)")
 	fs.BoolVar(&c.MasqueradeAll, "masquerade-all", c.MasqueradeAll, "Masquerade all traffic sent to service addresses")
 	fs.BoolVar(&c.LocalhostNodePorts, "localhost-nodeports", c.LocalhostNodePorts, "nftables mode: let NodePorts answer on 127.0.0.1 (sets net.ipv4.conf.all.route_localnet=1; see CVE-2020-8558)")
@@ -214,6 +216,13 @@ func runProxy(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	if cfg.NodePortPrimary {
 		cfg.NodePortAddresses = primaryNodePortAddresses(ctx, log, cfg)
 	}
+	if cfg.DetectLocalMode == config.DetectLocalNodeCIDR {
+		cidrs, err := nodePodCIDRs(ctx, log, cfg, podCIDRWait)
+		if err != nil {
+			return err
+		}
+		cfg.ClusterCIDRs = cidrs
+	}
 	applyConntrack(log, cfg.Conntrack, mode)
 	plane, err := newDataplane(ctx, log, cfg, mode, m)
 	if err != nil {
@@ -227,7 +236,21 @@ func runProxy(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 
 	s := newSyncer(log, tracker, plane, m, cfg.SyncPeriod)
 	r := runner.New(s.sync, cfg.MinSyncPeriod, cfg.SyncPeriod, cfg.MinSyncPeriod+time.Second)
-	tracker.SetNotify(func() { s.queued(); r.Run() })
+	podCIDRsChanged := make(chan []netip.Prefix, 1)
+	tracker.SetNotify(func() {
+		s.queued()
+		r.Run()
+		if cfg.DetectLocalMode == config.DetectLocalNodeCIDR {
+			// As kube-proxy: the rules were built for the pod CIDRs read at
+			// start; a new one needs a restart.
+			if now := tracker.Node().PodCIDRs; len(now) > 0 && !slices.Equal(now, cfg.ClusterCIDRs) {
+				select {
+				case podCIDRsChanged <- now:
+				default:
+				}
+			}
+		}
+	})
 
 	var closers []func()
 	defer func() {
@@ -277,6 +300,9 @@ func runProxy(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	go func() { errc <- src.run(ctx) }()
 	select {
 	case <-ctx.Done():
+	case now := <-podCIDRsChanged:
+		stop()
+		return fmt.Errorf("the Node's pod CIDRs changed from %v to %v: restarting, as --detect-local-mode NodeCIDR reads them at start", cfg.ClusterCIDRs, now)
 	case err := <-errc:
 		if err != nil && ctx.Err() == nil {
 			stop()

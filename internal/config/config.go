@@ -22,6 +22,12 @@ const (
 	ModeUserspace = "userspace"
 )
 
+// Local traffic detection modes (kube-proxy's --detect-local-mode).
+const (
+	DetectLocalClusterCIDR = "ClusterCIDR"
+	DetectLocalNodeCIDR    = "NodeCIDR"
+)
+
 // Config is the whole effective configuration of `kproxy run`.
 type Config struct {
 	// Source: a manifest directory (standalone) or the Kubernetes API.
@@ -45,8 +51,13 @@ type Config struct {
 	ServiceClusterIPRanges []netip.Prefix
 	ServiceNodePortRange   allocator.PortRange
 
-	Mode              string
-	ClusterCIDRs      []netip.Prefix
+	Mode         string
+	ClusterCIDRs []netip.Prefix
+	// DetectLocalMode says how traffic from this node's pods is told from
+	// the rest: by ClusterCIDRs (DetectLocalClusterCIDR, the default), or by
+	// the Node's spec.podCIDRs (DetectLocalNodeCIDR), which run resolves into
+	// ClusterCIDRs at start, as kube-proxy does.
+	DetectLocalMode   string
 	NodePortAddresses []netip.Prefix
 	// NodePortPrimary (--nodeport-addresses=primary) limits NodePorts to the
 	// node's primary address of each family; run resolves it into
@@ -144,6 +155,15 @@ func (c *Config) Validate() error {
 	case ModeAuto, ModeNFTables, ModeUserspace:
 	default:
 		errs = append(errs, fmt.Errorf("--proxy-mode %q: want nftables or userspace", c.Mode))
+	}
+	switch c.DetectLocalMode {
+	case "", DetectLocalClusterCIDR:
+	case DetectLocalNodeCIDR:
+		if c.Standalone() {
+			errs = append(errs, errors.New("--detect-local-mode NodeCIDR reads the Node's spec.podCIDRs: it needs cluster mode (standalone: use --cluster-cidr)"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("--detect-local-mode %q: want ClusterCIDR or NodeCIDR (kproxy has no BridgeInterface or InterfaceNamePrefix)", c.DetectLocalMode))
 	}
 	if c.Standalone() {
 		ac := allocator.Config{ServiceCIDRs: c.ServiceClusterIPRanges, NodePortRange: c.ServiceNodePortRange}

@@ -92,7 +92,7 @@ func ParseKubeProxyConfiguration(data []byte) (*kpv1alpha1.KubeProxyConfiguratio
 		warnings = append(warnings, fmt.Sprintf("mode %q is not supported by kproxy; its nftables data plane is used", cfg.Mode))
 	}
 	switch cfg.DetectLocalMode {
-	case "", "ClusterCIDR":
+	case "", "ClusterCIDR", "NodeCIDR":
 	default:
 		warnings = append(warnings, fmt.Sprintf("detectLocalMode %q is not supported by kproxy; ClusterCIDR is used", cfg.DetectLocalMode))
 	}

@@ -3,6 +3,7 @@ package model
 import (
 	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -218,6 +219,13 @@ func (t *Tracker) OnEndpointSlicesSynced() {
 	t.changed()
 }
 
+// Node returns this node as last recorded.
+func (t *Tracker) Node() Node {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.node
+}
+
 // OnNodeAdd records this node's Node object.
 func (t *Tracker) OnNodeAdd(node *v1.Node) { t.OnNodeUpdate(nil, node) }
 
@@ -404,6 +412,15 @@ func NodeFrom(node *v1.Node) Node {
 			n.Addresses = append(n.Addresses, ip.Unmap())
 		}
 	}
+	cidrs := node.Spec.PodCIDRs
+	if len(cidrs) == 0 && node.Spec.PodCIDR != "" {
+		cidrs = []string{node.Spec.PodCIDR}
+	}
+	for _, c := range cidrs {
+		if p, err := netip.ParsePrefix(c); err == nil {
+			n.PodCIDRs = append(n.PodCIDRs, p.Masked())
+		}
+	}
 	if node.DeletionTimestamp != nil {
 		n.Deleting = true
 	}
@@ -420,7 +437,7 @@ const ToBeDeletedTaint = "ToBeDeletedByClusterAutoscaler"
 
 func nodeEqual(a, b *Node) bool {
 	return a.Name == b.Name && a.Zone == b.Zone && a.Deleting == b.Deleting &&
-		maps.Equal(a.Labels, b.Labels) && slicesEqualAddr(a.Addresses, b.Addresses)
+		maps.Equal(a.Labels, b.Labels) && slicesEqualAddr(a.Addresses, b.Addresses) && slices.Equal(a.PodCIDRs, b.PodCIDRs)
 }
 
 func slicesEqualAddr(a, b []netip.Addr) bool {

@@ -214,6 +214,8 @@ type Node struct {
 	Name      string
 	Labels    map[string]string
 	Addresses []netip.Addr
+	// PodCIDRs are spec.podCIDRs (spec.podCIDR when that is all there is).
+	PodCIDRs []netip.Prefix
 	// Zone is the topology.kubernetes.io/zone label.
 	Zone string
 	// Deleting is true when the Node object is being deleted or tainted for removal

@@ -14,6 +14,7 @@ package cluster_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -96,12 +97,15 @@ func setupTwoNodes(t *testing.T, ctx context.Context) *twoNodes {
 	}{{"node-a", env.a}, {"node-b", env.b}} {
 		env.proxies[n.name] = startProxy(t, c, "kproxy-"+n.name, n.ns.Name, bin, func(kubeconfig string) []string {
 			args := []string{"run", "--kubeconfig=" + kubeconfig, "--proxy-mode=nftables", "--hostname-override=" + n.name,
-				"--cluster-cidr=10.244.0.0/16", "--metrics-bind-address=127.0.0.1:10249",
-				"--healthz-bind-address=0.0.0.0:10256"}
+				"--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=0.0.0.0:10256"}
 			if n.name == "node-a" {
 				// Node a serves NodePorts on its InternalIP (192.168.10.1) only,
 				// not on its uplink or bridge; node b on all its addresses.
-				args = append(args, "--nodeport-addresses=primary")
+				// Node a tells its pods' traffic by the cluster CIDR, node b
+				// by its Node's pod CIDR.
+				args = append(args, "--nodeport-addresses=primary", "--cluster-cidr=10.244.0.0/16")
+			} else {
+				args = append(args, "--detect-local-mode=NodeCIDR")
 			}
 			return args
 		})
@@ -428,6 +432,37 @@ func TestTwoNodes(t *testing.T) {
 					return nil
 				})
 			})
+		}
+	})
+	// Last: it restarts node b's kproxy.
+	t.Run("--detect-local-mode=NodeCIDR: the Node's pod CIDR; a new one restarts kproxy", func(t *testing.T) {
+		out, err := env.b.Exec("nft", "list", "chain", "ip", "kproxy", "masq-check")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out, "ip saddr 10.244.1.0/24 return") || strings.Contains(out, "10.244.0.0") {
+			t.Fatalf("node b's masq-check chain does not use its pod CIDR 10.244.1.0/24 alone:\n%s", out)
+		}
+		// A Node's pod CIDRs cannot change; it is deleted and re-created.
+		if err := c.Client.CoreV1().Nodes().Delete(ctx, "node-b", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.CreateNode(ctx, cluster.NodeSpec{Name: "node-b", InternalIPs: []netip.Addr{env.linkB}, PodCIDRs: []string{"10.244.2.0/24"}}); err != nil {
+			t.Fatal(err)
+		}
+		proc := env.proxies["node-b"].proc
+		eventually(t, "node b's kproxy exits", func() error {
+			if proc.Running() {
+				return errors.New("still running")
+			}
+			return nil
+		})
+		if err := proc.Wait(); err == nil || !strings.Contains(proc.LogTail(), "pod CIDRs changed from [10.244.1.0/24] to [10.244.2.0/24]") {
+			t.Fatalf("exit %v; log:\n%s", err, proc.LogTail())
+		}
+		// Its rules stay until the next kproxy takes them over.
+		if out, err := env.b.Exec("nft", "list", "chain", "ip", "kproxy", "masq-check"); err != nil || !strings.Contains(out, "10.244.1.0/24") {
+			t.Fatalf("after the exit: %v\n%s", err, out)
 		}
 	})
 }
