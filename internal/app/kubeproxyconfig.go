@@ -77,6 +77,9 @@ func applyKubeProxyConfiguration(path string, c *config.Config, fs *pflag.FlagSe
 	if kp.Mode == config.ModeNFTables {
 		set("proxy-mode", func() { c.Mode = config.ModeNFTables })
 	}
+	if kp.OOMScoreAdj != nil {
+		set("oom-score-adj", func() { c.OOMScoreAdj = int(*kp.OOMScoreAdj) })
+	}
 	switch kp.DetectLocalMode {
 	case config.DetectLocalClusterCIDR, config.DetectLocalNodeCIDR:
 		set("detect-local-mode", func() { c.DetectLocalMode = string(kp.DetectLocalMode) })

@@ -23,6 +23,7 @@ nodePortAddresses: ["192.168.100.0/24"]
 healthzBindAddress: 0.0.0.0:20256
 metricsBindAddress: 127.0.0.1:20249
 hostnameOverride: node-a
+oomScoreAdj: -500
 clientConnection:
   kubeconfig: /var/lib/kproxy/kubeconfig
   qps: 50
@@ -55,7 +56,7 @@ func TestKubeProxyConfigurationFile(t *testing.T) {
 			if c.Mode != config.ModeNFTables || !c.MasqueradeAll || c.SyncPeriod != 45*time.Second ||
 				c.MinSyncPeriod != 2*time.Second || c.HostnameOverride != "node-a" ||
 				c.Kubeconfig != "/var/lib/kproxy/kubeconfig" || c.KubeQPS != 50 || c.KubeBurst != 100 ||
-				c.HealthzBindAddress != "0.0.0.0:20256" || c.MetricsBindAddress != "127.0.0.1:20249" {
+				c.HealthzBindAddress != "0.0.0.0:20256" || c.MetricsBindAddress != "127.0.0.1:20249" || c.OOMScoreAdj != -500 {
 				t.Errorf("config = %+v", c)
 			}
 			want := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/56")}

@@ -81,6 +81,8 @@ type Config struct {
 	HealthzBindAddress string
 	MetricsBindAddress string
 	Profiling          bool
+	// OOMScoreAdj is written to /proc/self/oom_score_adj at start.
+	OOMScoreAdj int
 
 	DNSBindAddress  string
 	ClusterDomain   string
@@ -110,16 +112,19 @@ const (
 	DefaultNodePortRange      = "30000-32767"
 	DefaultHealthzBindAddress = "0.0.0.0:10256"
 	DefaultMetricsBindAddress = "127.0.0.1:10249"
-	DefaultDNSBindAddress     = "127.0.0.1:10053"
-	DefaultClusterDomain      = "cluster.local"
-	DefaultSyncPeriod         = 30 * time.Second
-	DefaultMinSyncPeriod      = 1 * time.Second
-	DefaultNFTablesTable      = "kproxy"
-	DefaultUserspaceIdle      = time.Hour
-	DefaultUserspaceMaxConns  = 100000
-	DefaultUserspaceGrace     = 10 * time.Second
-	DefaultDNSTTL             = 5 * time.Second
-	DefaultDNSUpstreamWait    = 2 * time.Second
+	// DefaultOOMScoreAdj is kube-proxy's: the kernel's OOM killer picks a node
+	// proxy last.
+	DefaultOOMScoreAdj       = -999
+	DefaultDNSBindAddress    = "127.0.0.1:10053"
+	DefaultClusterDomain     = "cluster.local"
+	DefaultSyncPeriod        = 30 * time.Second
+	DefaultMinSyncPeriod     = 1 * time.Second
+	DefaultNFTablesTable     = "kproxy"
+	DefaultUserspaceIdle     = time.Hour
+	DefaultUserspaceMaxConns = 100000
+	DefaultUserspaceGrace    = 10 * time.Second
+	DefaultDNSTTL            = 5 * time.Second
+	DefaultDNSUpstreamWait   = 2 * time.Second
 )
 
 // Defaults returns a Config with every default filled in.
@@ -135,6 +140,7 @@ func Defaults() Config {
 		UserspaceGracePeriod: DefaultUserspaceGrace,
 		HealthzBindAddress:   DefaultHealthzBindAddress,
 		MetricsBindAddress:   DefaultMetricsBindAddress,
+		OOMScoreAdj:          DefaultOOMScoreAdj,
 		ClusterDomain:        DefaultClusterDomain,
 		DNSTTL:               DefaultDNSTTL,
 		DNSUpstreamWait:      DefaultDNSUpstreamWait,
@@ -189,6 +195,9 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(a.v); err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: want HOST:PORT: %w", a.flag, a.v, err))
 		}
+	}
+	if c.OOMScoreAdj < -1000 || c.OOMScoreAdj > 1000 {
+		errs = append(errs, fmt.Errorf("--oom-score-adj %d: want -1000 to 1000", c.OOMScoreAdj))
 	}
 	if c.NFTablesTable == "" || strings.ContainsAny(c.NFTablesTable, " :;/") {
 		errs = append(errs, fmt.Errorf("--nftables-table %q: want a plain name", c.NFTablesTable))

@@ -38,6 +38,7 @@ var honoured = []string{
 	"clusterCIDR",
 	"nodePortAddresses",
 	"detectLocalMode",
+	"oomScoreAdj",
 	"configSyncPeriod",
 	"conntrack.",
 	"nftables.masqueradeAll",

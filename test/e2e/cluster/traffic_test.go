@@ -20,11 +20,14 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -105,7 +108,7 @@ func setupTwoNodes(t *testing.T, ctx context.Context) *twoNodes {
 				// by its Node's pod CIDR.
 				args = append(args, "--nodeport-addresses=primary", "--cluster-cidr=10.244.0.0/16")
 			} else {
-				args = append(args, "--detect-local-mode=NodeCIDR")
+				args = append(args, "--detect-local-mode=NodeCIDR", "--oom-score-adj=500")
 			}
 			return args
 		})
@@ -228,6 +231,28 @@ func TestTwoNodes(t *testing.T) {
 
 	t.Run("cluster IP from a pod reaches pods on both nodes", func(t *testing.T) {
 		eventually(t, "cluster IP", wantPods(t, env.podA.NS, vip, "pod-a", "pod-b"))
+	})
+	t.Run("oom_score_adj: kube-proxy's -999 by default, or --oom-score-adj", func(t *testing.T) {
+		adj := func(node string) string {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", env.proxies[node].proc.PID()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return strings.TrimSpace(string(b))
+		}
+		if got := adj("node-b"); got != "500" {
+			t.Errorf("node b (--oom-score-adj=500): %s", got)
+		}
+		// Lowering it needs CAP_SYS_RESOURCE, which root may lack (in a
+		// container, or on this test machine); kproxy then says so and runs on.
+		log, err := os.ReadFile(env.proxies["node-a"].proc.LogPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		warned := strings.Contains(string(log), `msg="cannot set oom_score_adj (lowering it needs CAP_SYS_RESOURCE); left as it is" value=-999`)
+		if got := adj("node-a"); got != "-999" && (hasCapability(t, unix.CAP_SYS_RESOURCE) || !warned) {
+			t.Errorf("node a: oom_score_adj %s (warned: %v)", got, warned)
+		}
 	})
 	t.Run("NodePort on node a reaches pods on node b", func(t *testing.T) {
 		eventually(t, "node port a", wantPods(t, env.client.NS, npA, "pod-a", "pod-b"))
@@ -465,6 +490,21 @@ func TestTwoNodes(t *testing.T) {
 			t.Fatalf("after the exit: %v\n%s", err, out)
 		}
 	})
+}
+
+// hasCapability reports whether the test process has capability c.
+func hasCapability(t *testing.T, c int) bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if hex, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			v, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
+			return err == nil && v&(1<<c) != 0
+		}
+	}
+	return false
 }
 
 // withoutEvents cuts a describe output at its "Events:" line.
