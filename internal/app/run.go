@@ -76,7 +76,7 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.HealthzBindAddress, "healthz-bind-address", c.HealthzBindAddress, "HOST:PORT of the health server (/healthz, /livez); empty to disable")
 	fs.StringVar(&c.MetricsBindAddress, "metrics-bind-address", c.MetricsBindAddress, "HOST:PORT of the metrics and admin server (/metrics, /debug/kproxy/...); empty to disable")
 	fs.BoolVar(&c.Profiling, "profiling", c.Profiling, "Serve pprof under /debug/pprof on the metrics address")
-	fs.IntVar(&c.OOMScoreAdj, "oom-score-adj", c.OOMScoreAdj, "The oom_score_adj of the kproxy process, -1000 to 1000 (lowering it needs root)")
+	fs.IntVar(&c.OOMScoreAdj, "oom-score-adj", c.OOMScoreAdj, "The oom_score_adj of the kproxy process, -1000 to 1000 (lowering it needs CAP_SYS_RESOURCE)")
 	fs.StringVar(&c.DNSBindAddress, "dns-bind-address", c.DNSBindAddress, "HOST:PORT of the service DNS server (default 127.0.0.1:10053 in standalone mode, off in cluster mode; empty to disable)")
 	fs.StringVar(&c.ClusterDomain, "cluster-domain", c.ClusterDomain, "The cluster's DNS domain")
 	fs.DurationVar(&c.DNSTTL, "dns-ttl", c.DNSTTL, "TTL of DNS answers")
@@ -344,8 +344,6 @@ func rulesOf(plane Dataplane) func(ctx context.Context) (string, error) {
 	return nil
 }
 
-// applyConntrack sets the conntrack sysctls asked for, as kube-proxy does at
-// start. A failure is logged, not fatal: the proxy works with the kernel's values.
 // applyOOMScoreAdj sets the process's oom_score_adj, as kube-proxy does, so
 // that the OOM killer takes the node proxy last. Lowering it needs
 // CAP_SYS_RESOURCE, which a normal user (and root in some containers) lacks;
@@ -362,6 +360,8 @@ func applyOOMScoreAdj(log *slog.Logger, v int) {
 	}
 }
 
+// applyConntrack sets the conntrack sysctls asked for, as kube-proxy does at
+// start. A failure is logged, not fatal: the proxy works with the kernel's values.
 func applyConntrack(log *slog.Logger, s conntrack.Settings, mode string) {
 	if s.Empty() {
 		return
