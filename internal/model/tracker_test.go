@@ -446,3 +446,28 @@ func TestDuplicateEndpointsAreMerged(t *testing.T) {
 		t.Errorf("10.0.0.2 = %+v, want slice web-a's version (ready, node-a, local)", *e)
 	}
 }
+
+// A Node's pod CIDRs come from spec.podCIDRs, or spec.podCIDR when that is all
+// there is (old objects), masked; a change of them is a change of the node.
+func TestNodePodCIDRs(t *testing.T) {
+	for _, tc := range []struct {
+		spec v1.NodeSpec
+		want []netip.Prefix
+	}{
+		{v1.NodeSpec{PodCIDR: "10.244.1.0/24", PodCIDRs: []string{"10.244.1.0/24", "fd00:10:244:1::/64"}},
+			[]netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:10:244:1::/64")}},
+		{v1.NodeSpec{PodCIDR: "10.244.2.7/24"}, []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")}},
+		{v1.NodeSpec{}, nil},
+	} {
+		n := NodeFrom(&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}, Spec: tc.spec})
+		if !slices.Equal(n.PodCIDRs, tc.want) {
+			t.Errorf("%+v: pod CIDRs %v, want %v", tc.spec, n.PodCIDRs, tc.want)
+		}
+	}
+	tr := NewTracker("node-a", nil)
+	tr.OnNodeAdd(&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}, Spec: v1.NodeSpec{PodCIDRs: []string{"10.244.1.0/24"}}})
+	tr.OnNodeUpdate(nil, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}, Spec: v1.NodeSpec{PodCIDRs: []string{"10.244.2.0/24"}}})
+	if got := tr.Node().PodCIDRs; !slices.Equal(got, []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")}) {
+		t.Errorf("after the update: %v", got)
+	}
+}
