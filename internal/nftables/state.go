@@ -371,8 +371,6 @@ func (tr *Tracer) Trace(st *State, p Packet) TraceResult {
 	}
 	if dispatched {
 		r.Frontend, r.Short = dnatFE, short
-	}
-	if dispatched {
 		frontends, backends, affChains, picks := st.Frontends, st.Backends, st.AffinityChains, st.AffinityPick
 		if short {
 			frontends, backends, affChains, picks = st.ShortFrontends, st.ShortBackends, st.ShortAffinityChains, st.ShortAffinityPick
