@@ -13,6 +13,8 @@ package cluster
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"net"
@@ -87,6 +89,10 @@ type Options struct {
 	// AdvertiseAddress must not be loopback (the API server refuses it); default
 	// 192.0.2.10, a TEST-NET address nothing listens on.
 	AdvertiseAddress string
+	// BindAddress is where the API server listens; default 127.0.0.1. A real
+	// cluster's nodes and pods reach it there, so it is then also the address
+	// of Server and of every kubeconfig the harness writes.
+	BindAddress string
 	// APIServerArgs and ControllerManagerArgs are extra flags.
 	APIServerArgs, ControllerManagerArgs []string
 	// Logf, if set, receives progress lines (t.Logf in tests).
@@ -206,9 +212,16 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	}
 	etcdClient, etcdPeer := ports[0], ports[1]
 	c.apiPort, c.kcmPort = ports[2], ports[3]
-	c.Server = "https://127.0.0.1:" + strconv.Itoa(c.apiPort)
+	bind := opts.BindAddress
+	if bind == "" {
+		bind = "127.0.0.1"
+	}
+	c.Server = "https://" + net.JoinHostPort(bind, strconv.Itoa(c.apiPort))
 
 	ips := []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1"), net.ParseIP(opts.AdvertiseAddress)}
+	if opts.BindAddress != "" {
+		ips = append(ips, net.ParseIP(opts.BindAddress))
+	}
 	for _, cidr := range strings.Split(opts.ServiceCIDRs, ",") {
 		// The first address of each service range is the "kubernetes" service.
 		if _, n, err := net.ParseCIDR(strings.TrimSpace(cidr)); err == nil {
@@ -253,7 +266,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		name: "kube-apiserver", path: filepath.Join(opts.ToolsDir, "kube-apiserver"), logPath: filepath.Join(c.Dir, "kube-apiserver.log"),
 		args: append([]string{
 			"--etcd-servers=" + etcdURL,
-			"--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(c.apiPort),
+			"--bind-address=" + bind, "--secure-port=" + strconv.Itoa(c.apiPort),
 			"--advertise-address=" + opts.AdvertiseAddress,
 			"--cert-dir=" + filepath.Join(c.Dir, "apiserver-certs"),
 			"--tls-cert-file=" + c.pki.ServingCert, "--tls-private-key-file=" + c.pki.ServingKey,
@@ -265,6 +278,8 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			"--authorization-mode=RBAC",
 			"--allow-privileged=true",
 			"--profiling=false",
+			// For kubectl exec and logs when there are kubelets.
+			"--kubelet-client-certificate=" + c.pki.AdminCert, "--kubelet-client-key=" + c.pki.AdminKey,
 		}, opts.APIServerArgs...),
 	}
 	c.kcm = &Process{
@@ -401,6 +416,45 @@ func (c *Cluster) Tool(name string) string { return filepath.Join(c.opts.ToolsDi
 // server at server (for example a relay inside a network namespace).
 func (c *Cluster) WriteKubeconfig(path, server string) error {
 	return writeKubeconfig(path, server, c.pki.CAFile, c.pki.AdminCert, c.pki.AdminKey)
+}
+
+// CAFile is the cluster CA's certificate (PEM).
+func (c *Cluster) CAFile() string { return c.pki.CAFile }
+
+// AdminCertFiles are the admin client certificate and key (system:masters).
+func (c *Cluster) AdminCertFiles() (cert, key string) { return c.pki.AdminCert, c.pki.AdminKey }
+
+// APIPort is the API server's port.
+func (c *Cluster) APIPort() int { return c.apiPort }
+
+// IssueClientCert signs a client certificate for the user cn in the groups orgs
+// and writes NAME.crt and NAME.key into Dir.
+func (c *Cluster) IssueClientCert(name, cn string, orgs ...string) (cert, key string, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pki.issue(name, &x509.Certificate{
+		Subject:     pkix.Name{CommonName: cn, Organization: orgs},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+}
+
+// IssueServingCert signs a serving certificate for the given IPs and DNS names
+// and writes NAME.crt and NAME.key into Dir.
+func (c *Cluster) IssueServingCert(name string, ips []net.IP, dnsNames ...string) (cert, key string, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pki.issue(name, &x509.Certificate{
+		Subject:     pkix.Name{CommonName: name},
+		IPAddresses: ips,
+		DNSNames:    dnsNames,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
+}
+
+// WriteKubeconfigFor writes a kubeconfig for the client certificate cert/key
+// that reaches the API server at Server.
+func (c *Cluster) WriteKubeconfigFor(path, cert, key string) error {
+	return writeKubeconfig(path, c.Server, c.pki.CAFile, cert, key)
 }
 
 // WaitServiceAccount waits until the namespace's default ServiceAccount exists;

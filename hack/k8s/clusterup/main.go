@@ -6,6 +6,13 @@
 //	kproxy run --kubeconfig DIR/admin.kubeconfig ...
 //
 // There is no kubelet: pods stay Pending unless something sets their status.
+//
+// With -real it starts the two-node cluster of internal/realcluster instead
+// (kubelets, containerd, CNI; no service proxy yet). With -cleanup it removes
+// what harnesses of internal/realcluster left behind when their process died
+// (-cleanup ID for one, -cleanup stale for every one whose owner is gone):
+//
+//	go run ./hack/k8s/clusterup -cleanup stale
 package main
 
 import (
@@ -19,6 +26,7 @@ import (
 	"syscall"
 
 	"github.com/kproxy/kproxy/internal/cluster"
+	"github.com/kproxy/kproxy/internal/realcluster"
 )
 
 func main() { os.Exit(run()) }
@@ -52,7 +60,15 @@ func run() int {
 	flag.StringVar(&opts.Dir, "dir", "", "directory for certificates, kubeconfig, data and logs (default: a temporary one, removed on exit)")
 	flag.StringVar(&opts.ToolsDir, "tools", cluster.ToolsDir(), "directory with the binaries from hack/k8s/build.sh")
 	flag.Var(&nodes, "node", "register a Node NAME=IP[,IP] (repeatable)")
+	real := flag.Bool("real", false, "start the two-node cluster with kubelets of internal/realcluster")
+	cleanup := flag.String("cleanup", "", "remove the leftovers of a real-cluster harness: its ID, or \"stale\" for every one whose process is gone")
 	flag.Parse()
+	if *cleanup != "" {
+		return reap(*cleanup)
+	}
+	if *real {
+		return runReal(opts.ToolsDir)
+	}
 	if opts.Dir != "" {
 		if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 			fmt.Fprintln(os.Stderr, "clusterup:", err)
@@ -75,6 +91,65 @@ func run() int {
 		}
 	}
 	fmt.Printf("export KUBECONFIG=%s\n", c.Kubeconfig)
+	fmt.Fprintln(os.Stderr, "clusterup: running; interrupt to stop")
+	<-ctx.Done()
+	return 0
+}
+
+// reap tears down the harness with the given ID, or every stale one.
+func reap(which string) int {
+	var dirs []string
+	if which == "stale" {
+		dirs = realcluster.Leftovers()
+	} else {
+		dirs = []string{realcluster.StateDirPrefix + which}
+	}
+	logf := func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
+	rc := 0
+	for _, d := range dirs {
+		s, err := realcluster.LoadState(d)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "clusterup:", err)
+			rc = 1
+			continue
+		}
+		if !s.Stale() {
+			fmt.Fprintf(os.Stderr, "clusterup: harness %s still runs (process %d): stop it instead\n", s.ID, s.OwnerPID)
+			rc = 1
+			continue
+		}
+		if err := realcluster.Teardown(s, logf); err != nil {
+			fmt.Fprintln(os.Stderr, "clusterup:", err)
+			rc = 1
+		}
+	}
+	if len(dirs) == 0 {
+		fmt.Fprintln(os.Stderr, "clusterup: nothing to clean up")
+	}
+	return rc
+}
+
+// runReal starts the real two-node cluster and runs until interrupted.
+func runReal(tools string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	h, err := realcluster.Start(ctx, realcluster.Options{
+		ToolsDir: tools,
+		Logf:     func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) },
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "clusterup:", err)
+		return 1
+	}
+	defer func() {
+		if err := h.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "clusterup:", err)
+		}
+	}()
+	fmt.Printf("export KUBECONFIG=%s\n", h.Kubeconfig)
+	for _, n := range h.Nodes {
+		fmt.Fprintf(os.Stderr, "clusterup: %s %s netns %s containerd %s\n", n.Name, n.IP, n.Netns, n.Socket)
+	}
 	fmt.Fprintln(os.Stderr, "clusterup: running; interrupt to stop")
 	<-ctx.Done()
 	return 0
