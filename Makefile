@@ -7,7 +7,7 @@ BIN := $(CURDIR)/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/kproxy/kproxy/internal/app.Version=$(VERSION)
 
-.PHONY: all build image demo test test-unit setup bench bench-nftables bench-userspace bench-dns lint clean
+.PHONY: all build image demo test test-unit setup e2e-services bench bench-nftables bench-userspace bench-dns lint clean
 
 all: build
 
@@ -36,6 +36,15 @@ setup:
 
 test: setup build
 	hack/test.sh
+
+# e2e-services runs every upstream [sig-network] Services spec that is not Serial,
+# Disruptive, Slow, a Feature or about load balancers, on upstream kube-proxy and
+# on kproxy (two real two-node clusters side by side, about half an hour), and
+# writes the spec-by-spec table to $(E2E_SERVICES_TABLE). Root only.
+E2E_SERVICES_TABLE ?= $(CURDIR)/bin/e2e-services.md
+e2e-services: setup
+	mkdir -p $(dir $(E2E_SERVICES_TABLE))
+	KPROXY_E2E_SERVICES=$(E2E_SERVICES_TABLE) $(GO) test -count=1 -v -timeout 150m -run 'TestServicesTable' ./test/e2e/realcluster/
 
 test-unit:
 	$(GO) test -count=1 ./...
