@@ -93,6 +93,8 @@ type Options struct {
 	// cluster's nodes and pods reach it there, so it is then also the address
 	// of Server and of every kubeconfig the harness writes.
 	BindAddress string
+	// AuthorizationModes is --authorization-mode; default "RBAC".
+	AuthorizationModes string
 	// APIServerArgs and ControllerManagerArgs are extra flags.
 	APIServerArgs, ControllerManagerArgs []string
 	// Logf, if set, receives progress lines (t.Logf in tests).
@@ -175,6 +177,9 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	}
 	if opts.AdvertiseAddress == "" {
 		opts.AdvertiseAddress = "192.0.2.10"
+	}
+	if opts.AuthorizationModes == "" {
+		opts.AuthorizationModes = "RBAC"
 	}
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
@@ -275,7 +280,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			"--service-account-key-file=" + c.pki.SAPublicKey,
 			"--service-account-signing-key-file=" + c.pki.SAPrivateKey,
 			"--service-cluster-ip-range=" + opts.ServiceCIDRs,
-			"--authorization-mode=RBAC",
+			"--authorization-mode=" + opts.AuthorizationModes,
 			"--allow-privileged=true",
 			"--profiling=false",
 			// For kubectl exec and logs when there are kubelets.

@@ -185,6 +185,9 @@ func (h *Harness) startNode(ctx context.Context, n *Node) error {
 	if _, err := h.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("create node: %w", err)
 	}
+	if err := makeCgroupRoot(n.CgroupRoot); err != nil {
+		return err
+	}
 	// A pull of a missing image fails at once on the closed port instead of
 	// leaving the machine.
 	if n.containerd, err = h.inNode(n, "containerd", "/usr/bin/env",
@@ -301,6 +304,26 @@ func (h *Harness) ImportImages(ctx context.Context, archives ...string) error {
 		for _, a := range archives {
 			if _, err := h.Ctr(ctx, n, "images", "import", a); err != nil {
 				return fmt.Errorf("node %s: %w", n.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// makeCgroupRoot creates the node's cgroup root in every hierarchy (the
+// kubelet refuses a cgroupRoot that does not exist), with the machine's CPUs
+// and memory nodes in cpuset (a new v1 cpuset cgroup starts with none).
+func makeCgroupRoot(root string) error {
+	for _, m := range cgroupMounts() {
+		p := filepath.Join(m, root)
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return fmt.Errorf("cgroup root: %w", err)
+		}
+		for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+			if b, err := os.ReadFile(filepath.Join(m, f)); err == nil {
+				if err := os.WriteFile(filepath.Join(p, f), b, 0o644); err != nil {
+					return fmt.Errorf("cgroup root %s: %w", f, err)
+				}
 			}
 		}
 	}

@@ -198,14 +198,14 @@ func Start(ctx context.Context, opts Options) (_ *Harness, err error) {
 		return nil, err
 	}
 	h.Cluster, err = cluster.Start(ctx, cluster.Options{
-		ToolsDir:         opts.ToolsDir,
-		Dir:              filepath.Join(h.Dir, "cp"),
-		ServiceCIDRs:     ServiceCIDR,
-		Controllers:      []string{"*"},
-		AdvertiseAddress: h.BridgeIP.String(),
-		BindAddress:      h.BridgeIP.String(),
+		ToolsDir:           opts.ToolsDir,
+		Dir:                filepath.Join(h.Dir, "cp"),
+		ServiceCIDRs:       ServiceCIDR,
+		Controllers:        []string{"*"},
+		AdvertiseAddress:   h.BridgeIP.String(),
+		BindAddress:        h.BridgeIP.String(),
+		AuthorizationModes: "Node,RBAC",
 		APIServerArgs: []string{
-			"--authorization-mode=Node,RBAC",
 			"--enable-admission-plugins=NodeRestriction",
 			"--kubelet-preferred-address-types=InternalIP",
 		},
