@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -153,6 +154,9 @@ func RESTConfig(c Config) (*rest.Config, error) {
 		if err != nil {
 			return nil, fmt.Errorf("load kubeconfig %q: %w", c.Kubeconfig, err)
 		}
+		if err := checkPlaceholder(rc.Host, c); err != nil {
+			return nil, err
+		}
 	}
 	rc = rest.CopyConfig(rc)
 	// Compression is the client's choice (it sends Accept-Encoding: gzip or
@@ -177,6 +181,29 @@ func RESTConfig(c Config) (*rest.Config, error) {
 		rc.AcceptContentTypes = ContentTypeJSON
 	}
 	return rc, nil
+}
+
+// PlaceholderServer is the API server address that deploy/kproxy.yaml's
+// kubeconfig ships with, for the operator to replace: a pod on a node whose
+// service proxy is not running yet cannot reach the API server through the
+// kubernetes Service's cluster IP, so kproxy must be told the real address. The
+// .invalid top-level domain never resolves (RFC 2606).
+const PlaceholderServer = "https://kube-apiserver.invalid:6443"
+
+// checkPlaceholder turns an API server address that cannot work (a host in the
+// .invalid domain, such as PlaceholderServer) into an error that says what to set.
+func checkPlaceholder(host string, c Config) error {
+	u, err := url.Parse(host)
+	if err != nil || !strings.HasSuffix(strings.TrimSuffix(u.Hostname(), "."), ".invalid") {
+		return nil
+	}
+	where := "--master"
+	if c.Master == "" {
+		where = fmt.Sprintf("the kubeconfig %s (deploy/kproxy.yaml: ConfigMap kube-system/kproxy, key kubeconfig.conf, field clusters[0].cluster.server), or give --master", c.Kubeconfig)
+	}
+	return fmt.Errorf("the API server address %s is a placeholder: put the API server's real address "+
+		"(`kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}'` prints it) in %s. "+
+		"kproxy cannot reach the API server through the kubernetes Service's cluster IP: only a running service proxy makes that reachable", host, where)
 }
 
 // Source watches the API server and feeds a model.Handler.
