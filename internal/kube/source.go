@@ -147,15 +147,25 @@ func RESTConfig(c Config) (*rest.Config, error) {
 			return nil, fmt.Errorf("in-cluster config (no kubeconfig given): %w", err)
 		}
 	} else {
-		rc, err = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
+		cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
 			&clientcmd.ClientConfigLoadingRules{ExplicitPath: c.Kubeconfig},
 			&clientcmd.ConfigOverrides{ClusterInfo: clientcmdapi.Cluster{Server: c.Master}},
-		).ClientConfig()
+		)
+		// The address first: a placeholder is the one thing an operator must
+		// set, so it is named before anything else (such as a CA file that
+		// exists only in a pod) can fail.
+		server := c.Master
+		if raw, err := cc.RawConfig(); server == "" && err == nil {
+			if ctx := raw.Contexts[raw.CurrentContext]; ctx != nil && raw.Clusters[ctx.Cluster] != nil {
+				server = raw.Clusters[ctx.Cluster].Server
+			}
+		}
+		if err := checkPlaceholder(server, c); err != nil {
+			return nil, err
+		}
+		rc, err = cc.ClientConfig()
 		if err != nil {
 			return nil, fmt.Errorf("load kubeconfig %q: %w", c.Kubeconfig, err)
-		}
-		if err := checkPlaceholder(rc.Host, c); err != nil {
-			return nil, err
 		}
 	}
 	rc = rest.CopyConfig(rc)
