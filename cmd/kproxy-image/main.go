@@ -55,9 +55,9 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "kproxy-image:", err)
 		return 1
 	}
-	// The image ID (the config's digest) is what `ctr images import` and
-	// `docker load` show too; the manifest digest is the one a registry would
-	// show after a push of this manifest (ctr writes a manifest of its own).
+	// The image ID (the config's digest) is what `crictl images` and `docker
+	// images` show after an import; `ctr images import` writes a manifest of
+	// its own, so the digest ctr lists differs from this manifest's.
 	fmt.Printf("%s: %s, image ID %s, manifest %s, archive %d bytes, binary %d bytes\n", *output, *ref, id, digest, st.Size(), len(data))
 	return 0
 }
