@@ -45,11 +45,19 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "kproxy-image:", err)
 		return 1
 	}
+	id, err := img.ConfigName()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kproxy-image:", err)
+		return 1
+	}
 	st, err := os.Stat(*output)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "kproxy-image:", err)
 		return 1
 	}
-	fmt.Printf("%s: %s@%s, archive %d bytes, binary %d bytes\n", *output, *ref, digest, st.Size(), len(data))
+	// The image ID (the config's digest) is what `crictl images` and `docker
+	// images` show after an import; `ctr images import` writes a manifest of
+	// its own, so the digest ctr lists differs from this manifest's.
+	fmt.Printf("%s: %s, image ID %s, manifest %s, archive %d bytes, binary %d bytes\n", *output, *ref, id, digest, st.Size(), len(data))
 	return 0
 }
