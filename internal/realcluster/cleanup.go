@@ -176,8 +176,19 @@ func Teardown(s *State, logf func(string, ...any)) error {
 			errs = append(errs, err)
 		}
 	}
+	// libcni caches each attachment in /var/lib/cni/results as
+	// NETWORK-CONTAINERID-IFNAME: the nodes' networks, and containerd's
+	// loopback network ("cni-loopback") of each of the harness's sandboxes.
+	patterns := []string{}
 	for _, n := range s.CNINetworks {
-		files, _ := filepath.Glob("/var/lib/cni/results/" + n + "-*")
+		patterns = append(patterns, "/var/lib/cni/results/"+n+"-*")
+	}
+	sandboxes, _ := filepath.Glob(filepath.Join(s.Dir, "*", "containerd", "root", "io.containerd.grpc.v1.cri", "sandboxes", "*"))
+	for _, sb := range sandboxes {
+		patterns = append(patterns, "/var/lib/cni/results/*-"+filepath.Base(sb)+"-*")
+	}
+	for _, p := range patterns {
+		files, _ := filepath.Glob(p)
 		for _, f := range files {
 			_ = os.Remove(f)
 		}
