@@ -75,11 +75,18 @@ done
 ctr images ls -q | sort
 
 echo "--- a pull fails at once"
-if timeout 30 ctr images pull registry.k8s.io/e2e-test-images/busybox:1.37.0-2 >"$dir/pull.log" 2>&1; then
+# The kubelet's pulls are made by containerd itself (CRI), with the proxy of its
+# environment; ctr pulls client-side, so it gets the same environment here.
+tr '\0' '\n' <"/proc/$ctrd_pid/environ" | grep -qx 'HTTPS_PROXY=http://127.0.0.1:9' ||
+	{ echo "smoke-images: containerd runs without the closed proxy" >&2; exit 1; }
+start=$SECONDS
+if HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY= \
+	timeout 60 ctr --address "$addr" -n k8s.io images pull registry.k8s.io/e2e-test-images/busybox:1.37.0-2 >"$dir/pull.log" 2>&1; then
 	echo "smoke-images: a pull succeeded; it must fail" >&2
 	exit 1
 fi
-tail -1 "$dir/pull.log"
+grep -q "127.0.0.1:9" "$dir/pull.log" || { echo "smoke-images: the pull did not fail at the proxy:" >&2; cat "$dir/pull.log" >&2; exit 1; }
+echo "failed in $((SECONDS - start)) s: $(tail -n 1 "$dir/pull.log")"
 
 port=$((20000 + RANDOM % 20000))
 echo "--- agnhost netexec on 127.0.0.1:$port, reached with curl, wget and nc from the image"
