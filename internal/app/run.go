@@ -349,6 +349,12 @@ func rulesOf(plane Dataplane) func(ctx context.Context) (string, error) {
 // CAP_SYS_RESOURCE, which a normal user (and root in some containers) lacks;
 // that is no reason not to start.
 func applyOOMScoreAdj(log *slog.Logger, v int) {
+	if cur, err := os.ReadFile("/proc/self/oom_score_adj"); err == nil && strings.TrimSpace(string(cur)) == strconv.Itoa(v) {
+		// Already so (the kubelet gives a system-node-critical pod -997):
+		// nothing to write, and nothing to warn about without CAP_SYS_RESOURCE.
+		log.Debug("oom_score_adj already set", "value", v)
+		return
+	}
 	err := os.WriteFile("/proc/self/oom_score_adj", []byte(strconv.Itoa(v)), 0)
 	switch {
 	case err == nil:
@@ -375,6 +381,10 @@ func applyConntrack(log *slog.Logger, s conntrack.Settings, mode string) {
 		log.Info("conntrack setting changed", "change", c)
 	}
 	if err != nil {
+		if errors.Is(err, syscall.EROFS) {
+			log.Error("could not apply every conntrack setting: /proc/sys is read-only here; in an unprivileged container, run `kproxy init-node` with the same configuration in a privileged init container first (deploy/kproxy.yaml does)", "err", err)
+			return
+		}
 		log.Error("could not apply every conntrack setting", "err", err)
 	}
 }
