@@ -54,6 +54,11 @@ type Spec struct {
 	Labels map[string]string
 	// ExposedPorts are "port/proto" entries, e.g. "8080/tcp" (documentation only).
 	ExposedPorts []string
+	// Architecture is the image's GOARCH; empty means this program's.
+	Architecture string
+	// CreatedBy, when set, is recorded as the layer's history entry (what `docker
+	// history` shows), e.g. "COPY kproxy /usr/local/bin/kproxy".
+	CreatedBy string
 	// MergedUsr lays the image out as Debian does since bookworm: /bin, /sbin, /lib
 	// and /lib64 are symlinks into /usr, and an entry added under one of them is
 	// stored under /usr. Programs and libraries copied from such a host then keep
@@ -286,6 +291,13 @@ func copyFile(w io.Writer, src string, size int64) error {
 	return nil
 }
 
+func (s *Spec) arch() string {
+	if s.Architecture != "" {
+		return s.Architecture
+	}
+	return runtime.GOARCH
+}
+
 // config is the image configuration.
 func (s *Spec) config() v1.Config {
 	env := s.Env
@@ -322,7 +334,11 @@ func (s *Spec) Image() (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
+	add := mutate.Addendum{Layer: layer}
+	if s.CreatedBy != "" {
+		add.History = v1.History{Created: v1.Time{Time: time.Unix(0, 0).UTC()}, CreatedBy: s.CreatedBy}
+	}
+	img, err := mutate.Append(empty.Image, add)
 	if err != nil {
 		return nil, err
 	}
@@ -331,7 +347,7 @@ func (s *Spec) Image() (v1.Image, error) {
 		return nil, err
 	}
 	cf = cf.DeepCopy()
-	cf.Architecture = runtime.GOARCH
+	cf.Architecture = s.arch()
 	cf.OS = "linux"
 	cf.Created = v1.Time{Time: time.Unix(0, 0).UTC()}
 	cf.Config = s.config()
@@ -344,10 +360,11 @@ func (s *Spec) Image() (v1.Image, error) {
 func (s *Spec) InputDigest() (string, error) {
 	h := sha256.New()
 	meta, err := json.Marshal(struct {
-		Tag    string
-		Config v1.Config
-		Arch   string
-	}{s.Tag, s.config(), runtime.GOARCH})
+		Tag       string
+		Config    v1.Config
+		Arch      string
+		CreatedBy string
+	}{s.Tag, s.config(), s.arch(), s.CreatedBy})
 	if err != nil {
 		return "", err
 	}
