@@ -155,8 +155,9 @@ func (h *Harness) describePods(ctx context.Context, ns string) string {
 	return string(out) + "\n" + d
 }
 
-// coreDNSManifest is cluster DNS as kubeadm deploys it, trimmed to the
-// plugins of hack/k8s/coredns (no forward: only the cluster's zones answer).
+// coreDNSManifest is cluster DNS as kubeadm deploys it, with the Corefile of
+// hack/k8s/coredns (its plugins only; no forward: only the cluster's zones
+// answer).
 const coreDNSManifest = `apiVersion: v1
 kind: ServiceAccount
 metadata:
@@ -195,19 +196,7 @@ metadata:
   namespace: kube-system
 data:
   Corefile: |
-    .:53 {
-        errors
-        health {
-            lameduck 5s
-        }
-        ready
-        kubernetes {{domain}} in-addr.arpa ip6.arpa {
-            pods insecure
-            ttl 30
-        }
-        cache 30
-    }
----
+{{corefile}}---
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -280,7 +269,16 @@ spec:
 // the coredns image archive and waits until it is ready. CoreDNS reaches the
 // API server through the kubernetes Service: a service proxy must run first.
 func (h *Harness) DeployCoreDNS(ctx context.Context, image string) error {
-	m := render(coreDNSManifest, map[string]string{"domain": ClusterDNS, "image": image, "dnsIP": KubeDNSIP})
+	p, err := RepoFile(CorefilePath)
+	if err != nil {
+		return err
+	}
+	corefile, err := os.ReadFile(p)
+	if err != nil {
+		return err
+	}
+	indented := "    " + strings.ReplaceAll(strings.TrimRight(string(corefile), "\n"), "\n", "\n    ") + "\n"
+	m := render(coreDNSManifest, map[string]string{"corefile": indented, "image": image, "dnsIP": KubeDNSIP})
 	if err := h.Apply(ctx, m); err != nil {
 		return err
 	}

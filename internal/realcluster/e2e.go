@@ -34,7 +34,9 @@ type SpecResult struct {
 
 // E2EResult is a run of the upstream e2e suite.
 type E2EResult struct {
-	Specs     []SpecResult // run specs (not the filtered-out ones), by name
+	// Specs are the specs run (not those filtered out), by name, and any
+	// failed suite node ([SynchronizedBeforeSuite]...).
+	Specs     []SpecResult
 	ReportDir string
 	Log       string // e2e.test's output file
 	Elapsed   time.Duration
@@ -148,10 +150,6 @@ func readJUnit(path string) ([]SpecResult, error) {
 	for _, suite := range s.Suites {
 		for _, c := range suite.Cases {
 			r := SpecResult{Name: c.Name, Status: c.Status, Time: time.Duration(c.Time * float64(time.Second))}
-			// "[It] [sig-network] Services ...": the leaf node type first.
-			if strings.HasPrefix(r.Name, "[It] ") {
-				r.Name = strings.TrimPrefix(r.Name, "[It] ")
-			}
 			if r.Status == "" {
 				switch {
 				case c.Failure != nil || c.Error != nil:
@@ -167,8 +165,17 @@ func readJUnit(path string) ([]SpecResult, error) {
 			} else if c.Error != nil {
 				r.Failure = c.Error.Text
 			}
-			// Filtered-out specs are reported as skipped: leave them out.
-			if r.Status == "skipped" {
+			// "[It] [sig-network] Services ...": specs are [It] nodes; the
+			// suite's own nodes ([SynchronizedBeforeSuite], reports) count
+			// only when they fail.
+			name, isSpec := strings.CutPrefix(r.Name, "[It] ")
+			if !isSpec && r.Status == "passed" {
+				continue
+			}
+			r.Name = name
+			// The specs the focus filtered out are "skipped" with the message
+			// "skipped"; those a spec skipped itself say why.
+			if r.Status == "skipped" && (c.Skipped == nil || c.Skipped.Message == "skipped" || c.Skipped.Message == "") {
 				continue
 			}
 			out = append(out, r)

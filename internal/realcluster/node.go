@@ -17,47 +17,52 @@ import (
 	"github.com/kproxy/kproxy/internal/cluster"
 )
 
-// containerdConfig is a node's containerd configuration (containerd 1.6,
-// config version 2). Every path is the node's own; the CRI settings are the
-// ones this machine kind needs:
-//   - restrict_oom_score_adj: without CAP_SYS_RESOURCE runc cannot lower a
-//     container's oom_score_adj, and every sandbox fails with "can't get final
-//     child's PID from pipe: EOF";
-//   - SystemdCgroup = false: cgroupfs, as the kubelet (a cgroup v1 hybrid host
-//     without systemd managing it);
-//   - netns_mounts_under_state_dir: pod network namespaces are mounted in the
-//     node's directory, not in the machine's /run/netns;
-//   - runc's state (Root) in the node's directory too.
-const containerdConfig = `version = 2
-root = "{{dir}}/containerd/root"
-state = "{{dir}}/containerd/state"
+// ContainerdTemplate is the nodes' containerd configuration, from the
+// repository: see hack/k8s/README.md for what it sets and why.
+const ContainerdTemplate = "hack/k8s/containerd-config.toml"
 
-[grpc]
-  address = "{{dir}}/containerd.sock"
+// CorefilePath is cluster DNS's configuration, from the repository.
+const CorefilePath = "hack/k8s/coredns/Corefile"
 
-[ttrpc]
-  address = "{{dir}}/containerd.sock.ttrpc"
+// RepoFile finds rel (a path from the repository's top) from the working
+// directory or one of its parents: tests run in their package's directory,
+// commands from the top.
+func RepoFile(rel string) (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		p := filepath.Join(dir, rel)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("%s not found in the working directory or its parents", rel)
+		}
+		dir = parent
+	}
+}
 
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{{pause}}"
-  restrict_oom_score_adj = true
-  netns_mounts_under_state_dir = true
-  disable_apparmor = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  enable_unprivileged_ports = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{{cnibin}}"
-    conf_dir = "{{dir}}/cni/net.d"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        Root = "{{dir}}/runc"
-`
+func containerdConfig(n *Node) (string, error) {
+	p, err := RepoFile(ContainerdTemplate)
+	if err != nil {
+		return "", err
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return "", err
+	}
+	return strings.NewReplacer(
+		"@ROOT@", filepath.Join(n.Dir, "containerd", "root"),
+		"@STATE@", filepath.Join(n.Dir, "containerd", "state"),
+		"@ADDRESS@", n.Socket,
+		"@CNI_BIN_DIR@", CNIBinDir,
+		"@CNI_CONF_DIR@", filepath.Join(n.Dir, "cni", "net.d"),
+		"@SANDBOX_IMAGE@", PauseImage,
+	).Replace(string(b)), nil
+}
 
 // cniConfig is a node's pod network: a bridge in the node's namespace whose
 // address is the pods' gateway, host-local addresses from the node's pod CIDR
@@ -161,8 +166,12 @@ func (h *Harness) startNode(ctx context.Context, n *Node) error {
 	if err := h.WriteKubeconfigFor(kubeconfig, cert, key); err != nil {
 		return err
 	}
+	ctrd, err := containerdConfig(n)
+	if err != nil {
+		return err
+	}
 	files := map[string]string{
-		"containerd.toml":            render(containerdConfig, vals),
+		"containerd.toml":            ctrd,
 		"cni/net.d/10-pods.conflist": render(cniConfig, vals),
 		"kubelet.yaml":               render(kubeletConfig, vals),
 		// Pods with dnsPolicy Default get this: the bridge's address, where no

@@ -22,6 +22,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -146,6 +147,22 @@ func runReal(tools string) int {
 			fmt.Fprintln(os.Stderr, "clusterup:", err)
 		}
 	}()
+	// The test images, kproxy's (if `make image` made it) and kube-proxy's.
+	archives, _ := filepath.Glob(filepath.Join(realcluster.ImagesDir(tools), "*.tar"))
+	if _, err := os.Stat("bin/kproxy-image.tar"); err == nil {
+		archives = append(archives, "bin/kproxy-image.tar")
+	}
+	kp := filepath.Join(h.Dir, "kube-proxy-image.tar")
+	if err := realcluster.BuildKubeProxyImage(tools, kp); err != nil {
+		fmt.Fprintln(os.Stderr, "clusterup:", err)
+	} else {
+		archives = append(archives, kp)
+	}
+	if err := h.ImportImages(ctx, archives...); err != nil {
+		fmt.Fprintln(os.Stderr, "clusterup:", err)
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "clusterup: imported %v\n", archives)
 	fmt.Printf("export KUBECONFIG=%s\n", h.Kubeconfig)
 	for _, n := range h.Nodes {
 		fmt.Fprintf(os.Stderr, "clusterup: %s %s netns %s containerd %s\n", n.Name, n.IP, n.Netns, n.Socket)

@@ -1,7 +1,6 @@
 package realcluster_test
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
@@ -13,39 +12,35 @@ import (
 // specs in e2e v1.37.2.
 const conformanceSpecs = 15
 
-// TestKproxyOnRealCluster runs kproxy as a cluster runs it: a two-node
-// cluster with kubelets and containerd, kproxy deployed from
-// deploy/kproxy.yaml with only the API server's URL set, CoreDNS behind it.
-// Then the upstream [sig-network] Services [Conformance] specs, traffic
-// through kproxy's own restarts and a workload's rolling update, and a UDP
-// flow whose backend changes.
+// TestKproxyOnRealCluster runs kproxy as a cluster runs it. A two-node
+// cluster with kubelets and containerd starts as kubeadm leaves one: upstream
+// kube-proxy as a DaemonSet, CoreDNS. deploy/migrate.sh replaces kube-proxy
+// with kproxy (deploy/kproxy.yaml, only the API server's URL set); then the
+// upstream [sig-network] Services [Conformance] specs, traffic through
+// kproxy's own restarts and a workload's rolling update, a UDP flow whose
+// backend changes, and the migration back to kube-proxy.
 func TestKproxyOnRealCluster(t *testing.T) {
 	e := newEnv(t)
-	e.deployKproxy(t)
+	e.deployKubeProxy(t)
 	e.deployCoreDNS(t)
-	ok := t.Run("Conformance", func(t *testing.T) { conformance(t, e, "kproxy") })
-	ok = t.Run("Disruption", func(t *testing.T) { disruption(t, e) }) && ok
-	ok = t.Run("UDPEndpointChange", func(t *testing.T) { udpEndpointChange(t, e) }) && ok
+	w := startWorkload(t, e)
+	if !t.Run("MigrateToKproxy", func(t *testing.T) { migrate(t, w, "to-kproxy") }) {
+		t.FailNow()
+	}
+	t.Run("Conformance", func(t *testing.T) { conformance(t, e, "kproxy") })
+	t.Run("Disruption", func(t *testing.T) { disruption(t, w) })
+	t.Run("UDPEndpointChange", func(t *testing.T) { udpEndpointChange(t, e) })
+	t.Run("MigrateToKubeProxy", func(t *testing.T) { migrate(t, w, "to-kube-proxy") })
 	for _, p := range e.phases {
-		t.Logf("phase %-22s %v", p.name, p.d.Round(100*time.Millisecond))
+		t.Logf("phase %-24s %v", p.name, p.d.Round(100*time.Millisecond))
 	}
 }
 
 // conformance runs the [sig-network] Services [Conformance] specs; every one
 // must pass.
 func conformance(t *testing.T, e *env, proxy string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-	defer cancel()
-	var res *realcluster.E2EResult
-	e.timed(t, "conformance specs", func() error {
-		var err error
-		res, err = e.h.RunE2E(ctx, realcluster.E2EOptions{Focus: realcluster.ConformanceFocus, Timeout: 25 * time.Minute})
-		return err
-	})
+	res := e.runE2E(t, realcluster.E2EOptions{Focus: realcluster.ConformanceFocus, Timeout: 25 * time.Minute})
 	passed, failed := res.Counts()
-	for _, s := range res.Specs {
-		t.Logf("%-7s %6.1fs %s", s.Status, s.Time.Seconds(), s.Name)
-	}
 	if failed > 0 || passed != conformanceSpecs {
 		for _, s := range res.Specs {
 			if s.Status != "passed" {

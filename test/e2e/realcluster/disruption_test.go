@@ -87,26 +87,34 @@ func render(s string, vals map[string]string) string {
 	return s
 }
 
-// disruption runs the three scenarios of a service proxy's life on a running
-// cluster whose proxy is kproxy, with requests flowing from a pod to the
-// ClusterIP and from the machine to the NodePort of both nodes, and returns
-// the counts per scenario. Every request must succeed.
-func disruption(t *testing.T, e *env) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+// workloadEnv is the workload with its traffic: requests from the client pod
+// to the ClusterIP (counted from its log) and from the machine to the
+// NodePort on every node.
+type workloadEnv struct {
+	e         *env
+	clusterIP string
+	urls      []string
+}
+
+// startWorkload deploys the workload and its client pod.
+func startWorkload(t *testing.T, e *env) *workloadEnv {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	h := e.h
 	const nodePort = 30080
 	vals := map[string]string{"agnhost": e.agnhost, "nodePort": fmt.Sprint(nodePort)}
-	if err := h.Apply(ctx, render(workload, vals)); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.WaitDeployment(ctx, "disruption", "web"); err != nil {
-		t.Fatal(err)
-	}
+	e.timed(t, "workload ready", func() error {
+		if err := h.Apply(ctx, render(workload, vals)); err != nil {
+			return err
+		}
+		return h.WaitDeployment(ctx, "disruption", "web")
+	})
 	svc, err := h.Client.CoreV1().Services("disruption").Get(ctx, "web", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	w := &workloadEnv{e: e, clusterIP: svc.Spec.ClusterIP}
 	script := realcluster.PodClientScript("http://" + svc.Spec.ClusterIP + "/hostname")
 	vals["node"] = h.Nodes[0].Name
 	vals["script"] = fmt.Sprintf("%q", script)
@@ -116,15 +124,55 @@ func disruption(t *testing.T, e *env) {
 	if _, err := h.Kubectl(ctx, "-n", "disruption", "wait", "--for=condition=Ready", "pod/client", "--timeout=2m"); err != nil {
 		t.Fatal(err)
 	}
-	var urls []string
 	for _, n := range h.Nodes {
-		urls = append(urls, fmt.Sprintf("http://%s:%d/hostname", n.IP, nodePort))
+		w.urls = append(w.urls, fmt.Sprintf("http://%s:%d/hostname", n.IP, nodePort))
 	}
+	return w
+}
 
-	type scenario struct {
-		name string
-		run  func() error
+// counts are the requests of both clients over a stretch of time.
+type counts struct {
+	podOK, podFailed, npOK, npFailed int64
+	failures                         []string
+}
+
+func (c counts) String() string {
+	return fmt.Sprintf("pod → ClusterIP %d ok, %d failed; machine → NodePort %d ok, %d failed", c.podOK, c.podFailed, c.npOK, c.npFailed)
+}
+
+// during counts the requests from a few seconds before f to a few seconds
+// after it.
+func (w *workloadEnv) during(ctx context.Context, f func() error) (counts, error) {
+	h := w.e.h
+	var c counts
+	logBefore, err := h.PodLog(ctx, "disruption", "client")
+	if err != nil {
+		return c, err
 	}
+	okBefore, failBefore, _ := realcluster.CountPodClient(logBefore)
+	prober := realcluster.StartProber(w.urls, 50*time.Millisecond)
+	time.Sleep(3 * time.Second)
+	err = f()
+	time.Sleep(5 * time.Second)
+	prober.Stop()
+	logAfter, lerr := h.PodLog(ctx, "disruption", "client")
+	if err == nil {
+		err = lerr
+	}
+	okAfter, failAfter, failures := realcluster.CountPodClient(logAfter)
+	c.podOK, c.podFailed = int64(okAfter-okBefore), int64(failAfter-failBefore)
+	c.npOK, c.npFailed = prober.Counts()
+	c.failures = append(failures, prober.Failures()...)
+	return c, err
+}
+
+// disruption runs three scenarios of a service proxy's life with requests
+// flowing from a pod to the ClusterIP and from the machine to the NodePort of
+// both nodes: every request must succeed.
+func disruption(t *testing.T, w *workloadEnv) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	h := w.e.h
 	kproxyPodOn := func(node string) (string, error) {
 		pods, err := h.Client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{
 			LabelSelector: "app.kubernetes.io/name=kproxy", FieldSelector: "spec.nodeName=" + node,
@@ -139,20 +187,23 @@ func disruption(t *testing.T, e *env) {
 		}
 		return "", fmt.Errorf("no kproxy pod on %s", node)
 	}
-	scenarios := []scenario{
+	scenarios := []struct {
+		name string
+		run  func() error
+	}{
 		{"kubectl rollout restart ds/kproxy", func() error {
 			if _, err := h.Kubectl(ctx, "-n", "kube-system", "rollout", "restart", "ds/kproxy"); err != nil {
 				return err
 			}
 			return h.WaitDaemonSet(ctx, "kube-system", "kproxy")
 		}},
-		{"rolling update of deploy/web", func() error {
+		{"rolling update of every pod of deploy/web", func() error {
 			if _, err := h.Kubectl(ctx, "-n", "disruption", "rollout", "restart", "deploy/web"); err != nil {
 				return err
 			}
 			return h.WaitDeployment(ctx, "disruption", "web")
 		}},
-		{"kproxy pod on node-1 deleted, grace period 0", func() error {
+		{"kproxy's pod on node-1 deleted with grace period 0", func() error {
 			pod, err := kproxyPodOn(h.Nodes[0].Name)
 			if err != nil {
 				return err
@@ -160,41 +211,24 @@ func disruption(t *testing.T, e *env) {
 			if _, err := h.Kubectl(ctx, "-n", "kube-system", "delete", "pod", pod, "--grace-period=0", "--force"); err != nil {
 				return err
 			}
-			// The DaemonSet controller makes a new one.
+			// Until the DaemonSet controller has seen the pod go, the
+			// DaemonSet looks rolled out.
 			time.Sleep(2 * time.Second)
 			return h.WaitDaemonSet(ctx, "kube-system", "kproxy")
 		}},
 	}
 	for _, s := range scenarios {
-		logBefore, err := h.PodLog(ctx, "disruption", "client")
-		if err != nil {
-			t.Fatal(err)
-		}
-		okBefore, failBefore, _ := realcluster.CountPodClient(logBefore)
-		prober := realcluster.StartProber(urls, 50*time.Millisecond)
-		// Traffic before, during and after.
-		time.Sleep(3 * time.Second)
 		start := time.Now()
-		err = s.run()
-		time.Sleep(5 * time.Second)
-		prober.Stop()
+		c, err := w.during(ctx, s.run)
 		if err != nil {
 			t.Fatalf("%s: %v", s.name, err)
 		}
-		logAfter, err := h.PodLog(ctx, "disruption", "client")
-		if err != nil {
-			t.Fatal(err)
+		t.Logf("%s (%v): %v", s.name, time.Since(start).Round(time.Second), c)
+		if c.podFailed > 0 || c.npFailed > 0 {
+			t.Errorf("%s: failed requests: %v", s.name, c.failures)
 		}
-		okAfter, failAfter, failures := realcluster.CountPodClient(logAfter)
-		npOK, npFail := prober.Counts()
-		podOK, podFail := okAfter-okBefore, failAfter-failBefore
-		t.Logf("%s (%v): pod → ClusterIP %d ok, %d failed; machine → NodePort %d ok, %d failed",
-			s.name, time.Since(start).Round(time.Second), podOK, podFail, npOK, npFail)
-		if podFail > 0 || npFail > 0 {
-			t.Errorf("%s: failed requests: pod %v; NodePort %v", s.name, failures, prober.Failures())
-		}
-		if podOK == 0 || npOK == 0 {
-			t.Errorf("%s: no request succeeded (pod %d, NodePort %d)", s.name, podOK, npOK)
+		if c.podOK == 0 || c.npOK == 0 {
+			t.Errorf("%s: no request succeeded (%v)", s.name, c)
 		}
 	}
 }
