@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
 )
 
 // Prober sends HTTP requests one after another, each on a new connection,
@@ -115,6 +117,6 @@ func CountPodClient(log string) (ok, failed int, failures []string) {
 
 // PodLog returns a pod's container log.
 func (h *Harness) PodLog(ctx context.Context, ns, pod string) (string, error) {
-	b, err := h.Client.CoreV1().Pods(ns).GetLogs(pod, nil).DoRaw(ctx)
+	b, err := h.Client.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{}).DoRaw(ctx)
 	return string(b), err
 }

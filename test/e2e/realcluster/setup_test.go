@@ -83,7 +83,8 @@ func buildImages(t *testing.T) *imageSet {
 		return err
 	})
 	s.archives = append(s.archives, filepath.Join(repoRoot, "bin", "kproxy-image.tar"))
-	kubeProxy := filepath.Join(t.TempDir(), "kube-proxy-image.tar")
+	// Kept beside the test images, rebuilt when its inputs change.
+	kubeProxy := filepath.Join(dir, "kube-proxy.tar")
 	timed(t, &s.phases, "kube-proxy image", func() error {
 		return realcluster.BuildKubeProxyImage(tools, kubeProxy)
 	})
