@@ -105,6 +105,7 @@ wget --version | head -n 1
 nslookup -version 2>&1 | head -n 1
 ss -ant46 | head -n 2
 test \"\$(seq 0 3 | wc -l)\" -eq 4
+/agnhost --version
 /agnhost-2 --help >/dev/null && echo agnhost-2: ok
 id user-defined-in-image 2>/dev/null || grep user-defined-in-image /etc/passwd
 "
