@@ -18,10 +18,10 @@ import (
 func newInitNodeCommand() *cobra.Command {
 	o := &options{cfg: config.Defaults()}
 	cmd := &cobra.Command{
-		Use:   "init-node",
-		Short: "Set the node's sysctls that `kproxy run` with the same flags needs (for a privileged init container), then exit",
+		Use:     "init-node",
+		Short:   "Set the node's sysctls that `kproxy run` with the same flags needs (for a privileged init container), then exit",
 		Example: `  kproxy init-node --config /var/lib/kproxy/config.conf`,
-		Args: cobra.NoArgs,
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var warnings []string
 			cfg, err := o.complete(cmd.Flags(), func(w string) { warnings = append(warnings, w) })
