@@ -23,14 +23,9 @@ func newInitNodeCommand() *cobra.Command {
 		Example: `  kproxy init-node --config /var/lib/kproxy/config.conf`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var warnings []string
-			cfg, err := o.complete(cmd.Flags(), func(w string) { warnings = append(warnings, w) })
+			cfg, log, err := o.completeWithLogger(cmd)
 			if err != nil {
 				return err
-			}
-			log := newLogger(cmd.ErrOrStderr(), cfg.LogFormat, cfg.Verbosity)
-			for _, w := range warnings {
-				log.Warn(w)
 			}
 			mode, _ := chooseMode(cfg)
 			if mode != config.ModeNFTables {

@@ -134,6 +134,21 @@ func (o *options) complete(fs *pflag.FlagSet, warn func(string)) (config.Config,
 	return c, c.Validate()
 }
 
+// completeWithLogger completes the configuration and returns it with the
+// logger it asks for, the configuration file's warnings logged.
+func (o *options) completeWithLogger(cmd *cobra.Command) (config.Config, *slog.Logger, error) {
+	var warnings []string
+	cfg, err := o.complete(cmd.Flags(), func(w string) { warnings = append(warnings, w) })
+	if err != nil {
+		return cfg, nil, err
+	}
+	log := newLogger(cmd.ErrOrStderr(), cfg.LogFormat, cfg.Verbosity)
+	for _, w := range warnings {
+		log.Warn(w)
+	}
+	return cfg, log, nil
+}
+
 func newRunCommand() *cobra.Command {
 	o := &options{cfg: config.Defaults()}
 	cmd := &cobra.Command{
@@ -143,14 +158,9 @@ func newRunCommand() *cobra.Command {
   kproxy run --kubeconfig ~/.kube/config --proxy-mode=nftables`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var warnings []string
-			cfg, err := o.complete(cmd.Flags(), func(w string) { warnings = append(warnings, w) })
+			cfg, log, err := o.completeWithLogger(cmd)
 			if err != nil {
 				return err
-			}
-			log := newLogger(cmd.ErrOrStderr(), cfg.LogFormat, cfg.Verbosity)
-			for _, w := range warnings {
-				log.Warn(w)
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
