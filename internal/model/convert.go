@@ -137,6 +137,14 @@ func endpointsFor(sp *ServicePort, slices_ []*discovery.EndpointSlice, nodeName 
 		if slice.AddressType != discovery.AddressTypeIPv4 && slice.AddressType != discovery.AddressTypeIPv6 {
 			continue // FQDN slices are not proxied
 		}
+		if _, ok := slice.Labels[v1.IsHeadlessService]; ok {
+			// kube-proxy's informers leave out slices labelled headless (the
+			// EndpointSlice controller's mark for headless services' slices),
+			// whoever set the label: a service's port gets no endpoint from
+			// them. kproxy keeps them for its DNS, which answers for headless
+			// services from their slices.
+			continue
+		}
 		for _, port := range slice.Ports {
 			if port.Port == nil || ptrString(port.Name) != sp.Name.Port {
 				continue

@@ -447,6 +447,35 @@ func TestDuplicateEndpointsAreMerged(t *testing.T) {
 	}
 }
 
+// A slice labelled service.kubernetes.io/headless gives its service no
+// endpoint, as kube-proxy's informers leave such slices out: labelling a
+// ClusterIP service's only slice so (the upstream e2e spec "should implement
+// service.kubernetes.io/headless" does) leaves the service with none; the
+// slice stays in the snapshot for DNS.
+func TestHeadlessLabelledSliceIsNotProxied(t *testing.T) {
+	tr := newSyncedTracker(t)
+	tr.OnServiceAdd(makeService("ns", "web", nil))
+	slice := makeSlice("ns", "web", "web-a", discovery.AddressTypeIPv4, 8080, ready("10.0.0.1", "node-a"))
+	tr.OnEndpointSliceAdd(slice)
+	if pv := tr.Snapshot().Ports[webHTTP]; pv == nil || len(pv.Endpoints) != 1 {
+		t.Fatalf("before the label: port view %+v, want one endpoint", pv)
+	}
+	labelled := slice.DeepCopy()
+	labelled.Labels[v1.IsHeadlessService] = ""
+	tr.OnEndpointSliceUpdate(slice, labelled)
+	s := tr.Snapshot()
+	pv := s.Ports[webHTTP]
+	if pv == nil {
+		t.Fatal("the service's port is gone: it must stay, with no endpoint")
+	}
+	if len(pv.Endpoints) != 0 {
+		t.Errorf("endpoints %v from a slice labelled headless, want none", ips(pv.Endpoints))
+	}
+	if len(s.Slices[types.NamespacedName{Namespace: "ns", Name: "web"}]) != 1 {
+		t.Error("the labelled slice left the snapshot (DNS reads headless services' slices)")
+	}
+}
+
 // A Node's pod CIDRs come from spec.podCIDRs, or spec.podCIDR when that is all
 // there is (old objects), masked; a change of them is a change of the node.
 func TestNodePodCIDRs(t *testing.T) {
