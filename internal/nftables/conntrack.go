@@ -1,0 +1,268 @@
+package nftables
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/kproxy/kproxy/internal/conntrack"
+	"github.com/kproxy/kproxy/internal/model"
+)
+
+// UDP has no connection to close: a client that keeps its source port (DNS
+// resolvers, statsd, any long-lived UDP socket) keeps matching the conntrack
+// entry of its first packet, and so the endpoint chosen then, for as long as
+// it keeps sending. kproxy therefore reconciles the UDP conntrack table with
+// the services: every entry whose original destination is a UDP frontend
+// (cluster IP, external IP, load-balancer IP, or a NodePort on a node
+// address) and whose reply source (the DNAT target) is not a serving endpoint
+// of that service port is deleted, so that the next packet is balanced
+// afresh by the rules in force. This covers endpoints that went away, a
+// changed target port, and entries made while the port had no endpoints
+// (not DNATed at all: replies from the frontend itself).
+//
+// Reconciling, not diffing: a flow whose entry is created while a sync
+// commits (its first packet took the old rules), an entry made while kproxy
+// was not running, or a deletion that failed are all caught by the next
+// pass, which looks at the table as it is. Traffic policies, topology and
+// terminating state do not matter here, as in kube-proxy: an entry to any
+// serving endpoint of the port stays, as a TCP connection to it would.
+
+// ctKey is a UDP frontend as the original tuple of its entries shows it: a
+// service address and port, or (addr not valid) a NodePort.
+type ctKey struct {
+	addr netip.Addr
+	port uint16
+}
+
+// ctFrontends returns the conntrack keys of a UDP port's frontends.
+func ctFrontends(pv *model.PortView) []ctKey {
+	if pv.Protocol != v1.ProtocolUDP {
+		return nil
+	}
+	var out []ctKey
+	for _, ip := range slices.Concat(pv.ClusterIPs, pv.ExternalIPs, pv.LoadBalancerIPs) {
+		out = append(out, ctKey{ip, uint16(pv.Port)})
+	}
+	if pv.NodePort != 0 {
+		out = append(out, ctKey{port: uint16(pv.NodePort)})
+	}
+	return out
+}
+
+// ctIndex maps UDP frontends to the service ports behind them (usually one;
+// two services may claim the same external IP and port).
+type ctIndex map[ctKey][]model.ServicePortName
+
+func (ix ctIndex) add(name model.ServicePortName, pv *model.PortView) {
+	for _, k := range ctFrontends(pv) {
+		if !slices.Contains(ix[k], name) {
+			ix[k] = append(ix[k], name)
+		}
+	}
+}
+
+func (ix ctIndex) remove(name model.ServicePortName, pv *model.PortView) {
+	for _, k := range ctFrontends(pv) {
+		names := slices.DeleteFunc(ix[k], func(n model.ServicePortName) bool { return n == name })
+		if len(names) == 0 {
+			delete(ix, k)
+		} else {
+			ix[k] = names
+		}
+	}
+}
+
+// ctGonePasses is how many reconcile passes look for the entries of a
+// frontend that went away: the pass kicked by the sync that removed it runs
+// entirely after the removal even if another pass was under way.
+const ctGonePasses = 2
+
+// forgetFrontends records the UDP frontends of a removed port: their entries
+// go too, although no port claims them any more (kube-proxy leaves them).
+func (p *Proxier) forgetFrontends(pv *model.PortView) {
+	for _, k := range ctFrontends(pv) {
+		p.ctGone[k] = ctGonePasses
+	}
+}
+
+// staleLocked reports whether an entry must go. p.mu is held.
+func (p *Proxier) staleLocked(f *conntrack.Flow) bool {
+	k := ctKey{f.OrigDst, f.OrigDstPort}
+	names, ok := p.ctIndex[k]
+	if !ok {
+		if _, gone := p.ctGone[k]; gone {
+			return true
+		}
+		np := ctKey{port: f.OrigDstPort}
+		var gone bool
+		names, ok = p.ctIndex[np]
+		_, gone = p.ctGone[np]
+		if !ok && !gone {
+			return false
+		}
+		// A NodePort matches by port. An entry that was not DNATed is the
+		// NodePort's only when it was addressed to the node (it was made
+		// while the port had no endpoints); otherwise it is traffic through
+		// or from the node to some host that happens to use that port.
+		if !f.DNATed() && !slices.Contains(p.nodeAddrs, f.OrigDst) {
+			return false
+		}
+		if !ok {
+			return true
+		}
+	}
+	for _, name := range names {
+		rec := p.ports[name]
+		if rec == nil {
+			continue
+		}
+		for _, ep := range rec.pv.Endpoints {
+			if ep.Serving && ep.IP == f.ReplySrc && ep.Port == int32(f.ReplySrcPort) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// ctMatchChunk is how many listed entries are matched per hold of p.mu: a
+// sync waits at most for one chunk (~0.3 ms).
+const ctMatchChunk = 2048
+
+// ReconcileConntrack runs one reconcile pass now and returns how many entries
+// it deleted. After syncs, a worker of its own runs the passes (see
+// reconcileLoop); tests and benchmarks call this directly.
+func (p *Proxier) ReconcileConntrack() (int, error) {
+	if p.ctTable == nil {
+		return 0, nil
+	}
+	p.ctPass.Lock()
+	defer p.ctPass.Unlock()
+	start := time.Now()
+	total := 0
+	var errs []error
+	var batch, stale []conntrack.Flow
+	match := func() {
+		p.mu.Lock()
+		for i := range batch {
+			if p.staleLocked(&batch[i]) {
+				stale = append(stale, batch[i])
+			}
+		}
+		p.mu.Unlock()
+		batch = batch[:0]
+	}
+	listed := 0
+	for _, fam := range p.fams {
+		stale = stale[:0]
+		err := p.ctTable.List(fam.ctFamily(), protoUDP, func(f *conntrack.Flow) {
+			listed++
+			batch = append(batch, *f)
+			if len(batch) == ctMatchChunk {
+				match()
+			}
+		})
+		match()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list %s conntrack entries: %w", fam, err))
+			// A partial list is still worth cleaning.
+		}
+		if len(stale) == 0 {
+			continue
+		}
+		n, err := p.ctTable.Delete(fam.ctFamily(), stale)
+		total += n
+		if err != nil {
+			errs = append(errs, fmt.Errorf("delete %s conntrack entries: %w", fam, err))
+		}
+	}
+	p.mu.Lock()
+	for k, n := range p.ctGone {
+		if n <= 1 {
+			delete(p.ctGone, k)
+		} else {
+			p.ctGone[k] = n - 1
+		}
+	}
+	p.mu.Unlock()
+	err := errors.Join(errs...)
+	if p.m != nil {
+		p.m.ConntrackCleanupEntriesTotal.Add(float64(total))
+		if err != nil {
+			p.m.ConntrackCleanupFailuresTotal.Inc()
+		}
+	}
+	p.log.Debug("conntrack reconciled", "listed", listed, "deleted", total, "took", time.Since(start))
+	return total, err
+}
+
+// ctRecheck is the delay of the second pass after a sync: a packet that took
+// the old rules just before the commit has its entry confirmed a moment
+// later, possibly after the first pass listed the table.
+const ctRecheck = time.Second
+
+// ctWorker runs reconcile passes off the sync path: a sync only kicks it.
+type ctWorker struct {
+	kick chan struct{}
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
+}
+
+func (p *Proxier) startConntrackWorker() {
+	w := &ctWorker{kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	p.ctWorker = w
+	go func() {
+		defer close(w.done)
+		var recheck <-chan time.Time
+		var timer *time.Timer
+		for {
+			kicked := false
+			select {
+			case <-w.stop:
+				if timer != nil {
+					timer.Stop()
+				}
+				return
+			case <-w.kick:
+				kicked = true
+			case <-recheck:
+				recheck = nil
+			}
+			if _, err := p.ReconcileConntrack(); err != nil {
+				p.log.Warn("conntrack reconcile failed; the next pass retries", "err", err)
+			}
+			if kicked {
+				if timer != nil {
+					timer.Stop()
+				}
+				timer = time.NewTimer(ctRecheck)
+				recheck = timer.C
+			}
+		}
+	}()
+}
+
+// kickConntrack asks the worker for a pass (coalesced with a pending one).
+func (p *Proxier) kickConntrack() {
+	if p.ctWorker == nil {
+		return
+	}
+	select {
+	case p.ctWorker.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (p *Proxier) stopConntrackWorker() {
+	if w := p.ctWorker; w != nil {
+		w.once.Do(func() { close(w.stop) })
+		<-w.done
+	}
+}
