@@ -95,6 +95,9 @@ func newTwoNodeBed(t *testing.T) *twoNodeBed {
 			ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")},
 			IPFamilies:   []v1.IPFamily{v1.IPv4Protocol},
 			NetNSPath:    n.Path(),
+			// Passes at most every 250 ms instead of every second keep
+			// the 20 repetitions of each scenario short.
+			ConntrackInterval: 250 * time.Millisecond,
 		}
 		b.startProxier(i)
 	}
