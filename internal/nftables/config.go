@@ -41,6 +41,11 @@ type Config struct {
 	// ConntrackInterval is the least time between two reconcile passes, and
 	// the delay of the follow-up pass after a sync; default one second.
 	ConntrackInterval time.Duration
+	// AcceptInvalid leaves out the rule that drops forwarded packets
+	// conntrack marks INVALID. New sets it when nf_conntrack_tcp_be_liberal
+	// is on in the namespace (conntrack then marks almost nothing INVALID),
+	// as kube-proxy's iptables mode does.
+	AcceptInvalid bool
 	// RebuildPeriod: a full sync at least this long after the last rebuild
 	// flushes kproxy's sets and maps and loads every element again (in one
 	// atomic transaction), instead of diffing against what kproxy wrote. That

@@ -54,7 +54,11 @@ type twoNodeBed struct {
 	services     map[string]*v1.Service
 }
 
-func newTwoNodeBed(t *testing.T) *twoNodeBed {
+func newTwoNodeBed(t *testing.T) *twoNodeBed { return newTwoNodeBedWith(t, nil) }
+
+// newTwoNodeBedWith builds the bed; setup runs on each node's namespace and
+// configuration before its kproxy starts.
+func newTwoNodeBedWith(t *testing.T, setup func(i int, n *netnstest.Node, c *Config)) *twoNodeBed {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ip", "bridge", "sysctl")
@@ -98,6 +102,9 @@ func newTwoNodeBed(t *testing.T) *twoNodeBed {
 			// Passes at most every 250 ms instead of every second keep
 			// the 20 repetitions of each scenario short.
 			ConntrackInterval: 250 * time.Millisecond,
+		}
+		if setup != nil {
+			setup(i, n, &b.cfgs[i])
 		}
 		b.startProxier(i)
 	}

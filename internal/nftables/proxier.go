@@ -98,7 +98,17 @@ func New(cfg Config, m *metrics.Metrics) (*Proxier, error) {
 			return nil, err
 		}
 	}
+	if !cfg.AcceptInvalid {
+		// With tcp_be_liberal conntrack marks only out-of-window resets
+		// INVALID: no drop rule, as kube-proxy's iptables mode decides.
+		if v, err := readSysctl(cfg.NetNSPath, "net/netfilter/nf_conntrack_tcp_be_liberal"); err == nil && v == "1" {
+			cfg.AcceptInvalid = true
+		}
+	}
 	p := newProxier(cfg, m, k, ct)
+	if cfg.AcceptInvalid {
+		p.log.Info("not dropping INVALID forwarded packets", "reason", "nf_conntrack_tcp_be_liberal is 1, or AcceptInvalid")
+	}
 	if ct != nil {
 		p.startConntrackWorker()
 	}
@@ -156,12 +166,26 @@ func newProxier(cfg Config, m *metrics.Metrics, k kernel, ct conntrack.Table) *P
 }
 
 func setSysctl(nsPath, key, value string) error {
-	write := func() error {
+	return inNetNS(nsPath, func() error {
 		if err := os.WriteFile("/proc/sys/"+key, []byte(value), 0o644); err != nil {
 			return fmt.Errorf("set sysctl %s: %w", strings.ReplaceAll(key, "/", "."), err)
 		}
 		return nil
-	}
+	})
+}
+
+func readSysctl(nsPath, key string) (string, error) {
+	var v string
+	err := inNetNS(nsPath, func() error {
+		data, err := os.ReadFile("/proc/sys/" + key)
+		v = strings.TrimSpace(string(data))
+		return err
+	})
+	return v, err
+}
+
+// inNetNS runs fn in the network namespace at nsPath ("" for the caller's).
+func inNetNS(nsPath string, write func() error) error {
 	if nsPath == "" {
 		return write()
 	}
