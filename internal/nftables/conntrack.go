@@ -109,7 +109,7 @@ func (p *Proxier) forgetFrontends(pv *model.PortView) {
 	}
 }
 
-// staleLocked reports whether an entry must go. p.mu is held.
+// staleLocked reports whether an entry must go. p.ctMu is held.
 func (p *Proxier) staleLocked(f *conntrack.Flow) bool {
 	k := ctKey{f.OrigDst, f.OrigDstPort}
 	ports, ok := p.ctIndex[k]
@@ -128,7 +128,7 @@ func (p *Proxier) staleLocked(f *conntrack.Flow) bool {
 		// NodePort's only when it was addressed to the node (it was made
 		// while the port had no endpoints); otherwise it is traffic through
 		// or from the node to some host that happens to use that port.
-		if !f.DNATed() && !slices.Contains(p.nodeAddrs, f.OrigDst) {
+		if !f.DNATed() && !slices.Contains(p.ctNodeAddrs, f.OrigDst) {
 			return false
 		}
 		if !ok {
@@ -144,9 +144,9 @@ func (p *Proxier) staleLocked(f *conntrack.Flow) bool {
 	return true
 }
 
-// ctMatchChunk is how many listed entries are matched per hold of p.mu: a
-// sync waits at most for one chunk (~0.3 ms).
-const ctMatchChunk = 2048
+// ctMatchChunk is how many listed entries are matched per hold of p.ctMu
+// (read): a sync's index update waits at most for one chunk (~0.1 ms).
+const ctMatchChunk = 256
 
 // ReconcileConntrack runs one reconcile pass now and returns how many entries
 // it deleted. After syncs, a worker of its own runs the passes (see
@@ -162,13 +162,13 @@ func (p *Proxier) ReconcileConntrack() (int, error) {
 	var errs []error
 	var batch, stale []conntrack.Flow
 	match := func() {
-		p.mu.Lock()
+		p.ctMu.RLock()
 		for i := range batch {
 			if p.staleLocked(&batch[i]) {
 				stale = append(stale, batch[i])
 			}
 		}
-		p.mu.Unlock()
+		p.ctMu.RUnlock()
 		batch = batch[:0]
 	}
 	listed := 0
@@ -195,7 +195,7 @@ func (p *Proxier) ReconcileConntrack() (int, error) {
 			errs = append(errs, fmt.Errorf("delete %s conntrack entries: %w", fam, err))
 		}
 	}
-	p.mu.Lock()
+	p.ctMu.Lock()
 	for k, n := range p.ctGone {
 		if n <= 1 {
 			delete(p.ctGone, k)
@@ -203,7 +203,7 @@ func (p *Proxier) ReconcileConntrack() (int, error) {
 			p.ctGone[k] = n - 1
 		}
 	}
-	p.mu.Unlock()
+	p.ctMu.Unlock()
 	err := errors.Join(errs...)
 	if p.m != nil {
 		p.m.ConntrackCleanupEntriesTotal.Add(float64(total))

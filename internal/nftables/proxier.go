@@ -41,11 +41,16 @@ type Proxier struct {
 	ports  map[model.ServicePortName]*portRecord
 	// ctIndex maps the UDP frontends of ports to their names; ctGone holds
 	// the frontends of removed ports for a few passes.
-	ctIndex  ctIndex
-	ctGone   map[ctKey]int
-	chains   map[family]map[string]bool // chains the kernel has, after the last success
-	sets     map[family]map[string]bool
-	needFull bool
+	// ctMu guards them and ctNodeAddrs (the node's addresses for the
+	// reconcile), apart from mu, so that a pass's matching never holds off a
+	// sync's work, only its last step, the index update.
+	ctMu        sync.RWMutex
+	ctIndex     ctIndex
+	ctGone      map[ctKey]int
+	ctNodeAddrs []netip.Addr
+	chains      map[family]map[string]bool // chains the kernel has, after the last success
+	sets        map[family]map[string]bool
+	needFull    bool
 	// nodeAddrs are the node's addresses the stores' elements were built
 	// with; when they change the next sync is full.
 	nodeAddrs []netip.Addr
@@ -350,6 +355,9 @@ func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, full bool) err
 	}
 	p.needFull = false
 	p.nodeAddrs = slices.Clone(snap.Node.Addresses)
+	p.ctMu.Lock()
+	p.ctNodeAddrs = p.nodeAddrs // replaced, never changed in place
+	p.ctMu.Unlock()
 	if udp {
 		// After the commit, off the sync path: the worker lists the table
 		// and deletes what no longer matches (conntrack.go).
@@ -414,14 +422,16 @@ func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, erro
 	if rebuild {
 		p.lastRebuild = time.Now()
 	}
+	p.stores, p.ports, p.chains, p.sets = stores, records, chains, sets
+	p.ctMu.Lock()
 	for k := range p.ctIndex {
 		if _, ok := index[k]; !ok {
 			// A frontend that went away: its entries must go too.
 			p.ctGone[k] = ctGonePasses
 		}
 	}
-	p.stores, p.ports, p.chains, p.sets = stores, records, chains, sets
 	p.ctIndex = index
+	p.ctMu.Unlock()
 	if len(records) >= bigTable {
 		// A full sync of a big table leaves a heap of garbage (the netlink batch,
 		// every port's elements) that the runtime would keep mapped until the
@@ -692,6 +702,8 @@ func (p *Proxier) syncPartial(ctx context.Context, snap *model.Snapshot) (int, b
 	}
 	p.chains, p.sets = newChains, newSets
 	udp := false
+	p.ctMu.Lock()
+	defer p.ctMu.Unlock()
 	for name, rec := range records {
 		if old := p.ports[name]; old != nil {
 			udp = udp || old.pv.Protocol == v1.ProtocolUDP
