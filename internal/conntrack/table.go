@@ -44,6 +44,9 @@ type Table interface {
 	// changed during the dump gives a partial list and no error (the next
 	// reconcile sees the rest).
 	List(family, proto uint8, fn func(*Flow)) error
+	// ListDest is List for the entries whose original destination is dst
+	// (any address when dst.Addr is not valid).
+	ListDest(family, proto uint8, dst Dest, fn func(*Flow)) error
 	// Delete removes exactly these entries (an entry replaced since it was
 	// listed has another ID and stays) and returns how many it removed.
 	Delete(family uint8, flows []Flow) (int, error)
@@ -74,7 +77,9 @@ const (
 	ctaFilterOrigFlags = 1
 	// filterProtoNum is CTA_FILTER_F_CTA_PROTO_NUM (net/netfilter/nf_conntrack_netlink.c,
 	// Linux 5.8+): the dump returns only entries of the tuple's protocol.
-	filterProtoNum = 1 << 3
+	filterProtoNum     = 1 << 3
+	filterIPDst        = 1 << 1 // CTA_FILTER_F_CTA_IP_DST
+	filterProtoDstPort = 1 << 5 // CTA_FILTER_F_CTA_PROTO_DST_PORT
 
 	nlaNested = 0x8000
 )
@@ -219,29 +224,69 @@ func (s *Socket) List(family, proto uint8, fn func(*Flow)) error {
 	if s.fd < 0 {
 		return errors.New("conntrack: socket closed")
 	}
-	err := s.list(family, proto, !s.noKernelFilter, fn)
+	err := s.list(family, proto, !s.noKernelFilter, Dest{}, fn)
 	if err != nil && !s.noKernelFilter && (errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL)) {
 		// A kernel before 5.8 has no dump filter.
 		s.noKernelFilter = true
-		err = s.list(family, proto, false, fn)
+		err = s.list(family, proto, false, Dest{}, fn)
 	}
 	return err
 }
 
-func (s *Socket) list(family, proto uint8, kernelFilter bool, fn func(*Flow)) error {
+// Dest selects entries by original destination: an address (if valid) and a port.
+type Dest struct {
+	Addr netip.Addr
+	Port uint16
+}
+
+// ListDest is List restricted, in the kernel, to entries whose original
+// destination is dst: the kernel still walks the table, but sends and kproxy
+// parses only the matches.
+func (s *Socket) ListDest(family, proto uint8, dst Dest, fn func(*Flow)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fd < 0 {
+		return errors.New("conntrack: socket closed")
+	}
+	return s.list(family, proto, true, dst, func(f *Flow) {
+		if f.OrigDstPort == dst.Port && (!dst.Addr.IsValid() || f.OrigDst == dst.Addr) {
+			fn(f)
+		}
+	})
+}
+
+func (s *Socket) list(family, proto uint8, kernelFilter bool, dst Dest, fn func(*Flow)) error {
 	s.seq++
 	seq := s.seq
 	b, m := appendMsg(s.wbuf[:0], ctMsgGet, unix.NLM_F_REQUEST|unix.NLM_F_DUMP, seq, family)
 	if kernelFilter {
+		flags := uint32(filterProtoNum)
 		var o, p int
 		b, o = nest(b, ctaTupleOrig)
+		if dst.Addr.IsValid() {
+			var ipn int
+			b, ipn = nest(b, ctaTupleIP)
+			if family == unix.AF_INET6 {
+				a := dst.Addr.As16()
+				b = appendAttr(b, ctaIPv6Dst, a[:])
+			} else {
+				a := dst.Addr.As4()
+				b = appendAttr(b, ctaIPv4Dst, a[:])
+			}
+			b = end(b, ipn)
+			flags |= filterIPDst
+		}
 		b, p = nest(b, ctaTupleProto)
 		b = appendAttr(b, ctaProtoNum, []byte{proto})
+		if dst.Port != 0 {
+			b = appendAttr(b, ctaProtoDst, be16(dst.Port))
+			flags |= filterProtoDstPort
+		}
 		b = end(b, p)
 		b = end(b, o)
 		var f int
 		b, f = nest(b, ctaFilter)
-		b = appendAttr(b, ctaFilterOrigFlags, binary.NativeEndian.AppendUint32(nil, filterProtoNum))
+		b = appendAttr(b, ctaFilterOrigFlags, binary.NativeEndian.AppendUint32(nil, flags))
 		b = end(b, f)
 	}
 	b = finish(b, m)
@@ -536,6 +581,15 @@ func (t *FakeTable) List(family, proto uint8, fn func(*Flow)) error {
 		}
 	}
 	return nil
+}
+
+// ListDest implements Table.
+func (t *FakeTable) ListDest(family, proto uint8, dst Dest, fn func(*Flow)) error {
+	return t.List(family, proto, func(f *Flow) {
+		if f.OrigDstPort == dst.Port && (!dst.Addr.IsValid() || f.OrigDst == dst.Addr) {
+			fn(f)
+		}
+	})
 }
 
 // Delete implements Table.

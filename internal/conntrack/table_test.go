@@ -89,6 +89,31 @@ func TestSocketListAndDelete(t *testing.T) {
 		t.Fatalf("UDP IPv6 entries: %v, want %v", g6, v6)
 	}
 
+	// The kernel filters by destination: the raw dump (without kproxy's own
+	// check) returns only the matches.
+	var raw []Flow
+	if err := s.list(unix.AF_INET, unix.IPPROTO_UDP, true, Dest{Addr: netip.MustParseAddr("10.96.0.10"), Port: 53},
+		func(f *Flow) { raw = append(raw, *f) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(raw) != 1 || raw[0].OrigDst != netip.MustParseAddr("10.96.0.10") {
+		t.Errorf("dump filtered on 10.96.0.10:53: %v", raw)
+	}
+	raw = nil
+	if err := s.list(unix.AF_INET6, unix.IPPROTO_UDP, true, Dest{Port: 53}, func(f *Flow) { raw = append(raw, *f) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(raw) != 1 {
+		t.Errorf("IPv6 dump filtered on port 53: %v", raw)
+	}
+	raw = nil
+	if err := s.list(unix.AF_INET, unix.IPPROTO_UDP, true, Dest{Port: 54}, func(f *Flow) { raw = append(raw, *f) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(raw) != 0 {
+		t.Errorf("dump filtered on port 54: %v, want none", raw)
+	}
+
 	// A stale ID (the entry was replaced since the dump) deletes nothing.
 	wrong := d
 	wrong.ID++

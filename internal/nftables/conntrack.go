@@ -98,8 +98,9 @@ func (ix ctIndex) remove(name model.ServicePortName, pv *model.PortView) {
 
 // ctGonePasses is how many reconcile passes look for the entries of a
 // frontend that went away: the pass kicked by the sync that removed it runs
-// entirely after the removal even if another pass was under way.
-const ctGonePasses = 2
+// entirely after the removal even if another pass was under way, and so does
+// its follow-up.
+const ctGonePasses = 3
 
 // forgetFrontends records the UDP frontends of a removed port: their entries
 // go too, although no port claims them any more (kube-proxy leaves them).
@@ -148,10 +149,20 @@ func (p *Proxier) staleLocked(f *conntrack.Flow) bool {
 // (read): a sync's index update waits at most for one chunk (~0.1 ms).
 const ctMatchChunk = 256
 
-// ReconcileConntrack runs one reconcile pass now and returns how many entries
-// it deleted. After syncs, a worker of its own runs the passes (see
-// reconcileLoop); tests and benchmarks call this directly.
-func (p *Proxier) ReconcileConntrack() (int, error) {
+// ReconcileConntrack runs one full reconcile pass now and returns how many
+// entries it deleted. After syncs, a worker of its own runs the passes (see
+// startConntrackWorker); tests and benchmarks call this directly.
+func (p *Proxier) ReconcileConntrack() (int, error) { return p.reconcile(nil) }
+
+// ctTargetedMax is the most frontends a targeted pass lists one by one; more
+// make a full pass. Listing one frontend's entries costs the kernel a walk of
+// the table without sending it (~20 ms of CPU at 100,000 entries, measured),
+// a full pass ~170 ms (dump, parsing and matching).
+const ctTargetedMax = 8
+
+// reconcile lists the UDP entries of the frontends keys (all, if nil) and
+// deletes the stale ones.
+func (p *Proxier) reconcile(keys map[ctKey]struct{}) (int, error) {
 	if p.ctTable == nil {
 		return 0, nil
 	}
@@ -172,15 +183,26 @@ func (p *Proxier) ReconcileConntrack() (int, error) {
 		batch = batch[:0]
 	}
 	listed := 0
+	collect := func(f *conntrack.Flow) {
+		listed++
+		batch = append(batch, *f)
+		if len(batch) == ctMatchChunk {
+			match()
+		}
+	}
 	for _, fam := range p.fams {
 		stale = stale[:0]
-		err := p.ctTable.List(fam.ctFamily(), protoUDP, func(f *conntrack.Flow) {
-			listed++
-			batch = append(batch, *f)
-			if len(batch) == ctMatchChunk {
-				match()
+		var err error
+		if keys == nil {
+			err = p.ctTable.List(fam.ctFamily(), protoUDP, collect)
+		} else {
+			for k := range keys {
+				if k.addr.IsValid() && !fam.contains(k.addr) {
+					continue
+				}
+				err = errors.Join(err, p.ctTable.ListDest(fam.ctFamily(), protoUDP, conntrack.Dest{Addr: k.addr, Port: k.port}, collect))
 			}
-		})
+		}
 		match()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("list %s conntrack entries: %w", fam, err))
@@ -211,38 +233,67 @@ func (p *Proxier) ReconcileConntrack() (int, error) {
 			p.m.ConntrackCleanupFailuresTotal.Inc()
 		}
 	}
-	p.log.Debug("conntrack reconciled", "listed", listed, "deleted", total, "took", time.Since(start))
+	p.log.Debug("conntrack reconciled", "frontends", len(keys), "listed", listed, "deleted", total, "took", time.Since(start))
 	return total, err
 }
 
+// ctWork is what a pass has to look at: everything, or some frontends.
+type ctWork struct {
+	full bool
+	keys map[ctKey]struct{}
+}
+
+func (w *ctWork) merge(o ctWork) {
+	w.full = w.full || o.full
+	if !w.full {
+		for k := range o.keys {
+			if w.keys == nil {
+				w.keys = map[ctKey]struct{}{}
+			}
+			w.keys[k] = struct{}{}
+		}
+	}
+	if w.full || len(w.keys) > ctTargetedMax {
+		w.full, w.keys = true, nil
+	}
+}
+
+func (w ctWork) empty() bool { return !w.full && len(w.keys) == 0 }
+
 // Config.ConntrackInterval (one second) is the least time between the
-// starts of two passes, and the delay of a second pass after a sync's: a
-// packet that took the old rules just before the commit has its entry
-// confirmed a moment later, possibly after the first pass listed the table.
-// A pass
-// lists every UDP entry: at 100,000 entries it costs the kernel's dump and
-// kproxy's matching, a few hundred ms of CPU on a loaded 2-core machine (see
-// the package README), which must not run after every sync of a burst of
-// changes. A stale flow is thus fixed within a second of the change, as
+// starts of two passes, and the delay of a second pass after a sync's (over
+// the same frontends): a packet that took the old rules just before the
+// commit has its entry confirmed a moment later, possibly after the first
+// pass listed the table. A full pass lists every UDP entry: at 100,000
+// entries it costs the kernel's dump and kproxy's matching, ~170 ms of CPU
+// (see the package README), which must not run after every sync of a burst
+// of changes. A stale flow is thus fixed within a second of the change, as
 // with kube-proxy, whose syncs (and their reconciles) are at least its
 // minSyncPeriod, one second by default, apart.
 
 // ctWorker runs reconcile passes off the sync path: a sync only kicks it.
 type ctWorker struct {
-	kick chan struct{}
-	stop chan struct{}
-	done chan struct{}
-	once sync.Once
+	kick    chan struct{}
+	stop    chan struct{}
+	done    chan struct{}
+	once    sync.Once
+	mu      sync.Mutex
+	pending ctWork
 }
 
 func (p *Proxier) startConntrackWorker() {
 	w := &ctWorker{kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	p.ctWorker = w
 	interval := p.cfg.ConntrackInterval
+	hasPending := func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return !w.pending.empty()
+	}
 	go func() {
 		defer close(w.done)
 		var lastStart, recheckAt time.Time
-		pending := false // a sync asked for a pass
+		var recheck ctWork
 		timer := time.NewTimer(time.Hour)
 		timer.Stop()
 		defer timer.Stop()
@@ -251,25 +302,44 @@ func (p *Proxier) startConntrackWorker() {
 			case <-w.stop:
 				return
 			case <-w.kick:
-				pending = true
 			case <-timer.C:
 			}
 			now := time.Now()
-			if (pending && now.Sub(lastStart) >= interval) || (!recheckAt.IsZero() && !now.Before(recheckAt)) {
-				recheckAt = time.Time{}
-				if pending {
-					recheckAt = now.Add(interval)
+			pendingDue := hasPending() && now.Sub(lastStart) >= interval
+			recheckDue := !recheck.empty() && !now.Before(recheckAt)
+			if pendingDue || recheckDue {
+				var work ctWork
+				if recheckDue {
+					work.merge(recheck)
+					recheck = ctWork{}
 				}
-				pending, lastStart = false, now
-				if _, err := p.ReconcileConntrack(); err != nil {
+				if pendingDue {
+					w.mu.Lock()
+					took := w.pending
+					w.pending = ctWork{}
+					w.mu.Unlock()
+					work.merge(took)
+					recheck, recheckAt = took, now.Add(interval)
+				}
+				lastStart = now
+				var err error
+				if work.full {
+					_, err = p.reconcile(nil)
+				} else {
+					_, err = p.reconcile(work.keys)
+				}
+				if err != nil {
 					p.log.Warn("conntrack reconcile failed; the next pass retries", "err", err)
+					w.mu.Lock()
+					w.pending.merge(ctWork{full: true})
+					w.mu.Unlock()
 				}
 			}
 			var next time.Time
-			if pending {
+			if hasPending() {
 				next = lastStart.Add(interval)
 			}
-			if !recheckAt.IsZero() && (next.IsZero() || recheckAt.Before(next)) {
+			if !recheck.empty() && (next.IsZero() || recheckAt.Before(next)) {
 				next = recheckAt
 			}
 			timer.Stop()
@@ -280,11 +350,14 @@ func (p *Proxier) startConntrackWorker() {
 	}()
 }
 
-// kickConntrack asks the worker for a pass (coalesced with a pending one).
-func (p *Proxier) kickConntrack() {
-	if p.ctWorker == nil {
+// kickConntrack asks the worker for a pass over work (merged with a pending one).
+func (p *Proxier) kickConntrack(work ctWork) {
+	if p.ctWorker == nil || work.empty() {
 		return
 	}
+	p.ctWorker.mu.Lock()
+	p.ctWorker.pending.merge(work)
+	p.ctWorker.mu.Unlock()
 	select {
 	case p.ctWorker.kick <- struct{}{}:
 	default:

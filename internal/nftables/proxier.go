@@ -332,12 +332,12 @@ func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, full bool) err
 	full = full || p.needFull || !slices.Equal(p.nodeAddrs, snap.Node.Addresses)
 	var err error
 	var changed int
-	var udp bool // a UDP port changed: its conntrack entries need a look
+	var ct ctWork // the UDP frontends whose conntrack entries need a look
 	if full {
 		changed, err = p.syncFull(ctx, snap)
-		udp = true
+		ct.full = true
 	} else {
-		changed, udp, err = p.syncPartial(ctx, snap)
+		changed, ct, err = p.syncPartial(ctx, snap)
 	}
 	d := time.Since(start)
 	if err != nil {
@@ -358,11 +358,10 @@ func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, full bool) err
 	p.ctMu.Lock()
 	p.ctNodeAddrs = p.nodeAddrs // replaced, never changed in place
 	p.ctMu.Unlock()
-	if udp {
-		// After the commit, off the sync path: the worker lists the table
-		// and deletes what no longer matches (conntrack.go).
-		p.kickConntrack()
-	}
+	// After the commit, off the sync path: the worker lists the table (or
+	// the changed frontends' entries) and deletes what no longer matches
+	// (conntrack.go).
+	p.kickConntrack(ct)
 	// The runner logs one line per sync; this is the data plane's detail.
 	p.log.Debug("nftables synced", "full", full, "ports", len(snap.Ports), "changed", changed, "took", d)
 	return nil
@@ -631,7 +630,7 @@ func chainMatches(name string, ci ChainInfo) bool {
 	return ci.Hook == ""
 }
 
-func (p *Proxier) syncPartial(ctx context.Context, snap *model.Snapshot) (int, bool, error) {
+func (p *Proxier) syncPartial(ctx context.Context, snap *model.Snapshot) (int, ctWork, error) {
 	records := map[model.ServicePortName]*portRecord{}
 	for name := range snap.Changed {
 		old := p.ports[name]
@@ -695,18 +694,25 @@ func (p *Proxier) syncPartial(ctx context.Context, snap *model.Snapshot) (int, b
 		newChains[f], newSets[f] = wantChains, wantSets
 	}
 	if err := p.k.Apply(ctx, tx); err != nil {
-		return 0, false, err
+		return 0, ctWork{}, err
 	}
 	for _, f := range p.fams {
 		p.stores[f].commit()
 	}
 	p.chains, p.sets = newChains, newSets
-	udp := false
+	var ct ctWork
+	touch := func(pv *model.PortView) {
+		keys := map[ctKey]struct{}{}
+		for _, k := range ctFrontends(pv) {
+			keys[k] = struct{}{}
+		}
+		ct.merge(ctWork{keys: keys})
+	}
 	p.ctMu.Lock()
 	defer p.ctMu.Unlock()
 	for name, rec := range records {
 		if old := p.ports[name]; old != nil {
-			udp = udp || old.pv.Protocol == v1.ProtocolUDP
+			touch(old.pv)
 			p.ctIndex.remove(name, old.pv)
 			// Frontends the port no longer has (all, if it went): the
 			// index no longer claims them, and their entries must go.
@@ -715,12 +721,12 @@ func (p *Proxier) syncPartial(ctx context.Context, snap *model.Snapshot) (int, b
 		if rec == nil {
 			delete(p.ports, name)
 		} else {
-			udp = udp || rec.pv.Protocol == v1.ProtocolUDP
+			touch(rec.pv)
 			p.ctIndex.add(name, rec.pv)
 			p.ports[name] = rec
 		}
 	}
-	return len(records), udp, nil
+	return len(records), ct, nil
 }
 
 // Trace reads the kernel's tables and runs a packet through them; localAddrs

@@ -153,6 +153,15 @@ func BenchmarkConntrackReconcile(b *testing.B) {
 			}
 		})
 	})
+	b.Run("dump-one-frontend", func(b *testing.B) {
+		cpuPerOp(b, func() {
+			n := 0
+			if err := c.sock.ListDest(unix.AF_INET, unix.IPPROTO_UDP, conntrack.Dest{Addr: clusterIP(7), Port: 80},
+				func(*conntrack.Flow) { n++ }); err != nil || n != ctEntries/ctServices {
+				b.Fatalf("listed %d, %v", n, err)
+			}
+		})
+	})
 	b.Run("pass-nothing-stale", func(b *testing.B) {
 		cpuPerOp(b, func() {
 			n, err := p.ReconcileConntrack()
