@@ -410,7 +410,7 @@ func parseTuple(b []byte, f *Flow, orig bool) {
 	})
 }
 
-// deleteChunk bounds the bytes of deletions sent at once (one skb).
+// deleteChunk bounds the bytes of messages sent at once (one skb).
 const deleteChunk = 64 << 10
 
 // Delete implements Table. Each entry is one IPCTNL_MSG_CT_DELETE naming its
@@ -423,37 +423,48 @@ func (s *Socket) Delete(family uint8, flows []Flow) (int, error) {
 	if s.fd < 0 {
 		return 0, errors.New("conntrack: socket closed")
 	}
-	deleted := 0
+	n, err := s.sendEach(family, flows, ctMsgDelete, unix.NLM_F_REQUEST|unix.NLM_F_ACK, func(b []byte, f *Flow) []byte {
+		b = appendTuple(b, f, family)
+		if f.Zone != 0 {
+			b = appendAttr(b, ctaZone, be16(f.Zone))
+		}
+		return appendAttr(b, ctaID, be32(f.ID))
+	})
+	if err != nil {
+		return n, fmt.Errorf("conntrack delete: %w", err)
+	}
+	return n, nil
+}
+
+// sendEach sends one message per flow (typ, flags, and the attributes
+// encode writes), many per sendmsg, and returns how many the kernel
+// acknowledged without an error (ENOENT does not count as one). s.mu is held.
+func (s *Socket) sendEach(family uint8, flows []Flow, typ, flags uint16, encode func([]byte, *Flow) []byte) (int, error) {
+	done := 0
 	var errs []error
 	for len(flows) > 0 {
 		b := s.wbuf[:0]
 		first := s.seq + 1
 		sent := 0
 		for len(flows) > 0 && len(b) < deleteChunk {
-			f := &flows[0]
-			flows = flows[1:]
 			s.seq++
 			var m int
-			b, m = appendMsg(b, ctMsgDelete, unix.NLM_F_REQUEST|unix.NLM_F_ACK, s.seq, family)
-			b = appendTuple(b, f, family)
-			if f.Zone != 0 {
-				b = appendAttr(b, ctaZone, be16(f.Zone))
-			}
-			b = appendAttr(b, ctaID, be32(f.ID))
-			b = finish(b, m)
+			b, m = appendMsg(b, typ, flags, s.seq, family)
+			b = finish(encode(b, &flows[0]), m)
+			flows = flows[1:]
 			sent++
 		}
 		s.wbuf = b
 		if err := s.send(b); err != nil {
-			return deleted, fmt.Errorf("conntrack delete: %w", err)
+			return done, err
 		}
 		n, err := s.acks(first, sent)
-		deleted += n
+		done += n
 		if err != nil {
 			errs = append(errs, err)
 		}
 	}
-	return deleted, errors.Join(errs...)
+	return done, errors.Join(errs...)
 }
 
 // acks reads the acknowledgements of sent deletions from sequence first on.
@@ -466,7 +477,7 @@ func (s *Socket) acks(first uint32, sent int) (int, error) {
 			continue
 		}
 		if err != nil {
-			return deleted, fmt.Errorf("conntrack delete: %w", err)
+			return deleted, err
 		}
 		msgs := s.rbuf[:n]
 		for len(msgs) >= unix.NLMSG_HDRLEN {
@@ -474,7 +485,7 @@ func (s *Socket) acks(first uint32, sent int) (int, error) {
 			typ := binary.NativeEndian.Uint16(msgs[4:])
 			seq := binary.NativeEndian.Uint32(msgs[8:])
 			if l < unix.NLMSG_HDRLEN || l > len(msgs) {
-				return deleted, fmt.Errorf("conntrack delete: truncated acknowledgement")
+				return deleted, errors.New("truncated acknowledgement")
 			}
 			msg := msgs[unix.NLMSG_HDRLEN:l]
 			msgs = msgs[min(nlmAlign(l), len(msgs)):]
@@ -489,7 +500,7 @@ func (s *Socket) acks(first uint32, sent int) (int, error) {
 				// Gone already (expired, or replaced: another ID).
 			default:
 				if len(errs) < 3 {
-					errs = append(errs, fmt.Errorf("conntrack delete: %w", e))
+					errs = append(errs, e)
 				}
 			}
 		}
@@ -530,33 +541,17 @@ func appendTupleOf(b []byte, typ uint16, family, proto uint8, src, dst netip.Add
 func (s *Socket) Insert(family uint8, flows []Flow, timeout uint32) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for len(flows) > 0 {
-		b := s.wbuf[:0]
-		first := s.seq + 1
-		sent := 0
-		for len(flows) > 0 && len(b) < deleteChunk {
-			f := &flows[0]
-			flows = flows[1:]
-			s.seq++
-			var m int
-			b, m = appendMsg(b, unix.NFNL_SUBSYS_CTNETLINK<<8|0, unix.NLM_F_REQUEST|unix.NLM_F_ACK|unix.NLM_F_CREATE|unix.NLM_F_EXCL, s.seq, family)
+	n, err := s.sendEach(family, flows, unix.NFNL_SUBSYS_CTNETLINK<<8|0, // IPCTNL_MSG_CT_NEW
+		unix.NLM_F_REQUEST|unix.NLM_F_ACK|unix.NLM_F_CREATE|unix.NLM_F_EXCL, func(b []byte, f *Flow) []byte {
 			b = appendTuple(b, f, family)
 			b = appendTupleOf(b, ctaTupleReply, family, f.Proto, f.ReplySrc, f.OrigSrc, f.ReplySrcPort, f.OrigSrcPort)
-			b = appendAttr(b, ctaTimeout, be32(timeout))
-			b = finish(b, m)
-			sent++
-		}
-		s.wbuf = b
-		if err := s.send(b); err != nil {
-			return fmt.Errorf("conntrack insert: %w", err)
-		}
-		n, err := s.acks(first, sent)
-		if err != nil {
-			return fmt.Errorf("conntrack insert: %w", err)
-		}
-		if n != sent {
-			return fmt.Errorf("conntrack insert: %d of %d entries created", n, sent)
-		}
+			return appendAttr(b, ctaTimeout, be32(timeout))
+		})
+	switch {
+	case err != nil:
+		return fmt.Errorf("conntrack insert: %w", err)
+	case n != len(flows):
+		return fmt.Errorf("conntrack insert: %d of %d entries created", n, len(flows))
 	}
 	return nil
 }
