@@ -114,6 +114,17 @@ func TestSocketListAndDelete(t *testing.T) {
 		t.Errorf("dump filtered on port 54: %v, want none", raw)
 	}
 
+	var byDest []Flow
+	if err := s.ListDest(unix.AF_INET6, unix.IPPROTO_UDP, Dest{Addr: netip.MustParseAddr("fd00:10:96::10"), Port: 53},
+		func(f *Flow) { byDest = append(byDest, *f) }); err != nil || len(byDest) != 1 {
+		t.Errorf("IPv6 entries to [fd00:10:96::10]:53: %v, %v; want 1", byDest, err)
+	}
+	byDest = nil
+	if err := s.ListDest(unix.AF_INET6, unix.IPPROTO_UDP, Dest{Addr: netip.MustParseAddr("fd00:10:96::11"), Port: 53},
+		func(f *Flow) { byDest = append(byDest, *f) }); err != nil || len(byDest) != 0 {
+		t.Errorf("IPv6 entries to [fd00:10:96::11]:53: %v, %v; want none", byDest, err)
+	}
+
 	// A stale ID (the entry was replaced since the dump) deletes nothing.
 	wrong := d
 	wrong.ID++
