@@ -55,7 +55,15 @@ func nftablesAvailable(cfg config.Config) error {
 }
 
 func newNFTables(_ context.Context, log *slog.Logger, cfg config.Config, m *metrics.Metrics) (Dataplane, error) {
-	p, err := nftables.New(nftables.Config{
+	p, err := nftables.New(nftablesConfig(log, cfg), m)
+	if err != nil {
+		return nil, fmt.Errorf("nftables data plane: %w", err)
+	}
+	return p, nil
+}
+
+func nftablesConfig(log *slog.Logger, cfg config.Config) nftables.Config {
+	return nftables.Config{
 		TableName:          cfg.NFTablesTable,
 		IPFamilies:         familiesOf(cfg),
 		ClusterCIDRs:       cfg.ClusterCIDRs,
@@ -63,9 +71,5 @@ func newNFTables(_ context.Context, log *slog.Logger, cfg config.Config, m *metr
 		NodePortAddresses:  cfg.NodePortAddresses,
 		LocalhostNodePorts: cfg.LocalhostNodePorts,
 		Logger:             log,
-	}, m)
-	if err != nil {
-		return nil, fmt.Errorf("nftables data plane: %w", err)
 	}
-	return p, nil
 }
