@@ -12,27 +12,23 @@
 // Go binary itself, puts it at /ko-app/<name> and wants a base image from a
 // registry (or a Docker daemon), whereas kproxy's image must have the layout
 // deploy/Dockerfile gives it, from the binary `make image` builds, with nothing
-// pulled. go-containerregistry is the library ko is built on, used here only for
+// pulled. go-containerregistry is the library ko is built on, used here (through
+// internal/imagebuild, which also writes the real-cluster tests' images) only for
 // what is fiddly to get right by hand: digests, diff IDs and the archive format.
 package image
 
 import (
-	"archive/tar"
 	"bytes"
 	"debug/elf"
 	"errors"
 	"fmt"
-	"io"
-	"path"
-	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
-	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/kproxy/kproxy/internal/imagebuild"
 )
 
 const (
@@ -54,69 +50,23 @@ func Env() []string {
 // Epoch is the time stamp of the image and of every file in it.
 var Epoch = time.Unix(0, 0).UTC()
 
-// Build returns the image of a static kproxy binary.
+// Build returns the image of a static kproxy binary: the binary at BinaryPath,
+// owned by root, mode 0755, and nothing else (internal/imagebuild assembles it).
 func Build(binary []byte) (v1.Image, error) {
 	arch, err := CheckStatic(binary)
 	if err != nil {
 		return nil, err
 	}
-	layerTar, err := layer(binary)
-	if err != nil {
+	spec := &imagebuild.Spec{
+		Entrypoint:   Entrypoint(),
+		Env:          Env(),
+		Architecture: arch,
+		CreatedBy:    "COPY kproxy " + BinaryPath,
+	}
+	if err := spec.AddData(BinaryPath, binary, 0o755); err != nil {
 		return nil, err
 	}
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(layerTar)), nil
-	}, tarball.WithMediaType(types.DockerLayer))
-	if err != nil {
-		return nil, fmt.Errorf("image layer: %w", err)
-	}
-	img, err := mutate.Append(empty.Image, mutate.Addendum{
-		Layer: l,
-		History: v1.History{
-			Created:   v1.Time{Time: Epoch},
-			CreatedBy: "COPY kproxy " + BinaryPath,
-			Comment:   "kproxy-image",
-		},
-	})
-	if err != nil {
-		return nil, err
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cf = cf.DeepCopy()
-	cf.Architecture, cf.OS = arch, "linux"
-	cf.Created = v1.Time{Time: Epoch}
-	cf.Config = v1.Config{Entrypoint: Entrypoint(), Env: Env()}
-	return mutate.ConfigFile(img, cf)
-}
-
-// layer is the image's only layer, a tar of the binary and its parent
-// directories, owned by root, with fixed time stamps.
-func layer(binary []byte) ([]byte, error) {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	rel := strings.TrimPrefix(BinaryPath, "/")
-	var dirs []string
-	for d := path.Dir(rel); d != "."; d = path.Dir(d) {
-		dirs = append([]string{d + "/"}, dirs...)
-	}
-	for _, d := range dirs {
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: 0o755, ModTime: Epoch, Format: tar.FormatPAX}); err != nil {
-			return nil, err
-		}
-	}
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: rel, Mode: 0o755, Size: int64(len(binary)), ModTime: Epoch, Format: tar.FormatPAX}); err != nil {
-		return nil, err
-	}
-	if _, err := tw.Write(binary); err != nil {
-		return nil, err
-	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
+	return spec.Image()
 }
 
 // CheckStatic returns the binary's architecture (GOARCH spelling), or an error
