@@ -304,14 +304,8 @@ func runProxy(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 			trace:     comp.trace,
 			profiling: cfg.Profiling,
 		})
-		actx, cancel := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			keepServing(actx, log, server{name: "metrics", addr: cfg.MetricsBindAddress, run: admin.run, failures: m.ServerFailuresTotal},
-				serveRetry, cfg.BindAddressHardFail, comp.fatal)
-		}()
-		closers = append(closers, func() { cancel(); <-done })
+		closers = append(closers, startServing(ctx, log, server{name: "metrics", addr: cfg.MetricsBindAddress, run: admin.run, failures: m.ServerFailuresTotal},
+			cfg.BindAddressHardFail, comp.fatal))
 	}
 
 	// The data plane is closed (deferred above) only after the loop has returned,
