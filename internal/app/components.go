@@ -78,14 +78,9 @@ func startComponents(ctx context.Context, log *slog.Logger, cfg config.Config, m
 			opts = append(opts, healthcheck.WithSourceStatus(reach))
 		}
 		hs := healthcheck.NewProxyHealthServer(cfg.HealthzBindAddress, 2*cfg.SyncPeriod, m, nil, opts...)
-		hctx, cancel := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			keepServing(hctx, log, server{name: "healthz", addr: cfg.HealthzBindAddress, run: hs.Run, failures: m.ServerFailuresTotal},
-				serveRetry, cfg.BindAddressHardFail, comp.fatal)
-		}()
-		comp.closers = append(comp.closers, func() { cancel(); _ = hs.Close(); <-done })
+		stop := startServing(ctx, log, server{name: "healthz", addr: cfg.HealthzBindAddress, run: hs.Run, failures: m.ServerFailuresTotal},
+			cfg.BindAddressHardFail, comp.fatal)
+		comp.closers = append(comp.closers, func() { stop(); _ = hs.Close() })
 		s.health = familyHealth{hs: hs, families: families}
 		proxyHealth = hs
 		log.Info("serving health checks", "address", cfg.HealthzBindAddress)

@@ -23,6 +23,18 @@ type server struct {
 	failures *prometheus.CounterVec // may be nil
 }
 
+// startServing keeps s serving in the background (see keepServing) and returns
+// the function that stops it and waits until it has.
+func startServing(ctx context.Context, log *slog.Logger, s server, hardFail bool, fatal chan<- error) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		keepServing(ctx, log, s, serveRetry, hardFail, fatal)
+	}()
+	return func() { cancel(); <-done }
+}
+
 // keepServing runs s until ctx is done. A failure is logged, counted in
 // kproxy_server_failures_total, and tried again every retry, so that a port
 // freed later is taken then and kproxy keeps proxying meanwhile; with

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 
@@ -220,16 +219,7 @@ func TestIncrementalResolution(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	inForce := func() string {
-		var names []string
-		for k := range src.st.inForce {
-			if k.Kind == KindService {
-				names = append(names, k.Name)
-			}
-		}
-		sort.Strings(names)
-		return strings.Join(names, ",")
-	}
+	inForce := func() string { return servicesInForce(src) }
 	sync := func(want string) {
 		t.Helper()
 		// The stamp includes the ctime in nanoseconds; a rewrite is always seen.
