@@ -434,7 +434,7 @@ spec:
 
 // KubeProxyManifest returns the kube-proxy DaemonSet's manifest for this cluster.
 func (h *Harness) KubeProxyManifest() string {
-	return render(kubeProxyManifest, map[string]string{"clusterCIDR": ClusterCIDR, "server": h.Server, "image": KubeProxyImage})
+	return render(kubeProxyManifest, map[string]string{"clusterCIDR": h.ClusterCIDR.String(), "server": h.Server, "image": KubeProxyImage})
 }
 
 // DeployKubeProxy deploys upstream kube-proxy (nftables mode) as a DaemonSet

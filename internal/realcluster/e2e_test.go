@@ -38,7 +38,7 @@ func TestReadJUnit(t *testing.T) {
 	}
 	want := map[string]string{
 		"[sig-network] Services should serve a basic endpoint from pods [Conformance]": "passed",
-		"[sig-network] Services should be able to up and down services":               "failed",
+		"[sig-network] Services should be able to up and down services":                "failed",
 		"[sig-network] Services should work with IPv6":                                 "skipped",
 	}
 	if len(specs) != len(want) {

@@ -24,6 +24,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -56,7 +57,6 @@ const (
 	PauseImage   = "registry.k8s.io/pause:3.10.2"
 	ServiceCIDR  = "10.96.0.0/16"
 	KubeDNSIP    = "10.96.0.10"
-	ClusterCIDR  = "10.244.0.0/16"
 	ClusterDNS   = "cluster.local"
 	nodePrefix   = "node-"
 	kubeletPort  = 10250
@@ -81,7 +81,12 @@ type Harness struct {
 	Bridge   string
 	Subnet   netip.Prefix
 	BridgeIP netip.Addr
-	Nodes    []*Node
+	// ClusterCIDR holds the nodes' pod CIDRs (node N: the Nth /24):
+	// 10.244.0.0/16, or the next /16 up that no other harness on the machine
+	// routes (the API server reaches pods, for services/proxy and
+	// pods/proxy, through the root namespace's routes, one set per prefix).
+	ClusterCIDR netip.Prefix
+	Nodes       []*Node
 
 	opts      Options
 	state     *State
@@ -330,6 +335,17 @@ func (h *Harness) setupNetwork() error {
 	if h.Subnet, err = pickSubnet(); err != nil {
 		return err
 	}
+	// Held until the pod CIDR routes exist, so that two harnesses starting
+	// at once do not pick the same cluster CIDR. An abstract socket: nothing
+	// is left on the file system.
+	lock, err := lockMachine("kpx-realcluster-cidr")
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	if h.ClusterCIDR, err = pickClusterCIDR(); err != nil {
+		return err
+	}
 	h.BridgeIP = h.Subnet.Addr().Next()
 	if err := run("ip", "link", "add", h.Bridge, "type", "bridge"); err != nil {
 		return err
@@ -363,7 +379,7 @@ func (h *Harness) setupNetwork() error {
 			Name:       nodePrefix + strconv.Itoa(i),
 			Index:      i,
 			IP:         netip.AddrFrom4(ip),
-			PodCIDR:    netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", i)),
+			PodCIDR:    netip.PrefixFrom(nthSubnet(h.ClusterCIDR, i), 24),
 			Netns:      fmt.Sprintf("kpx-%s-n%d", h.ID, i),
 			Dir:        filepath.Join(h.Dir, "n"+strconv.Itoa(i)),
 			CgroupRoot: fmt.Sprintf("/kpx-%s-n%d", h.ID, i),
@@ -437,6 +453,61 @@ func (h *Harness) setupNetwork() error {
 		return err
 	}
 	return nil
+}
+
+// lockMachine takes a machine-wide lock: an abstract unix socket named name,
+// retried for up to a minute while another process holds it.
+func lockMachine(name string) (io.Closer, error) {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		l, err := net.Listen("unix", "@"+name)
+		if err == nil {
+			return l, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("lock %s: %w", name, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// pickClusterCIDR returns the first of 10.244.0.0/16, 10.245.0.0/16, ...
+// that no route of the root namespace falls in.
+func pickClusterCIDR() (netip.Prefix, error) {
+	out, err := exec.Command("ip", "-4", "route", "show", "table", "all").Output()
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("ip route: %w", err)
+	}
+	var routed []netip.Prefix
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 0 {
+			continue
+		}
+		if p, err := netip.ParsePrefix(f[0]); err == nil {
+			routed = append(routed, p)
+		}
+	}
+	for b := 244; b < 254; b++ {
+		c := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(b), 0, 0}), 16)
+		free := true
+		for _, r := range routed {
+			if c.Overlaps(r) {
+				free = false
+			}
+		}
+		if free {
+			return c, nil
+		}
+	}
+	return netip.Prefix{}, errors.New("no free /16 in 10.244.0.0-10.253.255.255 for the pod CIDRs")
+}
+
+// nthSubnet is the address of the nth /24 of a /16.
+func nthSubnet(p netip.Prefix, n int) netip.Addr {
+	a := p.Addr().As4()
+	a[2] = byte(n)
+	return netip.AddrFrom4(a)
 }
 
 // metric is the harness's route metric: routes for the same prefix from two
