@@ -234,25 +234,52 @@ func Start(ctx context.Context, opts Options) (_ *Harness, err error) {
 	return h, nil
 }
 
-// catchSignals tears the harness down on SIGINT or SIGTERM (an interrupted
-// `go test`) before the process exits.
+// running are the process's harnesses, which SIGINT and SIGTERM (an
+// interrupted `go test`) tear down, all of them, before the process exits.
+var running struct {
+	sync.Mutex
+	set     map[*Harness]bool
+	watched bool
+}
+
 func (h *Harness) catchSignals() {
-	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
-	done := make(chan struct{})
-	var once sync.Once
+	running.Lock()
+	defer running.Unlock()
+	if running.set == nil {
+		running.set = map[*Harness]bool{}
+	}
+	running.set[h] = true
 	h.sigStop = func() bool {
-		once.Do(func() { signal.Stop(ch); close(done) })
+		running.Lock()
+		defer running.Unlock()
+		delete(running.set, h)
 		return true
 	}
+	if running.watched {
+		return
+	}
+	running.watched = true
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
-		select {
-		case sig := <-ch:
-			h.opts.Logf("realcluster %s: %v: tearing down", h.ID, sig)
-			_ = h.Stop()
-			os.Exit(2)
-		case <-done:
+		sig := <-ch
+		running.Lock()
+		hs := make([]*Harness, 0, len(running.set))
+		for r := range running.set {
+			hs = append(hs, r)
 		}
+		running.Unlock()
+		var wg sync.WaitGroup
+		for _, r := range hs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r.opts.Logf("realcluster %s: %v: tearing down", r.ID, sig)
+				_ = r.Stop()
+			}()
+		}
+		wg.Wait()
+		os.Exit(2)
 	}()
 }
 
