@@ -226,3 +226,8 @@ func serveDNS(t *testing.T, ns *netnstest.NS) {
 	}
 	t.Cleanup(func() { _ = srv.Shutdown() })
 }
+
+func testenvCommand(t *testing.T, names ...string) {
+	t.Helper()
+	testenv.RequireCommand(t, names...)
+}
