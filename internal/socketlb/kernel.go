@@ -71,37 +71,66 @@ func openKernel(cgroup, dir string) (*kernel, error) {
 		return nil, fmt.Errorf("load socket LB programs: %w", err)
 	}
 	progs := k.programs()
+	var created []link.Link
 	for _, h := range hooks {
-		l, err := attach(cgroup, dir, h.prog, h.attach, progs[h.prog])
+		l, isNew, err := attach(cgroup, dir, h.prog, h.attach, progs[h.prog])
 		if err != nil {
+			// Links this call made are undone: a half-attached socket LB
+			// must not outlive the failure.
+			for _, c := range created {
+				_ = c.Unpin()
+			}
 			k.close()
 			return nil, err
 		}
 		k.links = append(k.links, l)
+		if isNew {
+			created = append(created, l)
+		}
 	}
 	return k, nil
 }
 
-func attach(cgroup, dir, name string, at ebpf.AttachType, prog *ebpf.Program) (link.Link, error) {
+func attach(cgroup, dir, name string, at ebpf.AttachType, prog *ebpf.Program) (l link.Link, isNew bool, err error) {
 	pin := linkPin(dir, name)
 	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		if !attachedTo(l, cgroup) {
+			// Pinned by a kproxy told another cgroup: move to this one.
+			_ = l.Unpin()
+			l.Close()
+			return attach(cgroup, dir, name, at, prog)
+		}
 		if err := l.Update(prog); err != nil {
 			l.Close()
-			return nil, fmt.Errorf("replace the program of pinned link %s: %w", pin, err)
+			return nil, false, fmt.Errorf("replace the program of pinned link %s: %w", pin, err)
 		}
-		return l, nil
+		return l, false, nil
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("open pinned link %s: %w", pin, err)
+		return nil, false, fmt.Errorf("open pinned link %s: %w", pin, err)
 	}
-	l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: at, Program: prog})
+	l, err = link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: at, Program: prog})
 	if err != nil {
-		return nil, fmt.Errorf("attach %s to cgroup %s: %w", name, cgroup, err)
+		return nil, false, fmt.Errorf("attach %s to cgroup %s: %w", name, cgroup, err)
 	}
 	if err := l.Pin(pin); err != nil {
 		l.Close()
-		return nil, fmt.Errorf("pin link %s: %w", pin, err)
+		return nil, false, fmt.Errorf("pin link %s: %w", pin, err)
 	}
-	return l, nil
+	return l, true, nil
+}
+
+// attachedTo reports whether a cgroup link is attached to the cgroup
+// directory (a cgroup's id is its directory's inode number).
+func attachedTo(l link.Link, cgroup string) bool {
+	info, err := l.Info()
+	if err != nil || info.Cgroup() == nil {
+		return false
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(cgroup, &st); err != nil {
+		return false
+	}
+	return info.Cgroup().CgroupId == st.Ino
 }
 
 func (k *kernel) programs() map[string]*ebpf.Program {
@@ -203,4 +232,42 @@ func memlock(m *ebpf.Map) (uint64, error) {
 		}
 	}
 	return 0, errors.New("no memlock in fdinfo")
+}
+
+// Usable says why the socket LB cannot run with this cgroup and pin
+// directory, or nil: the cgroup must be a cgroup v2 directory and the pin
+// directory on a bpf filesystem. Whether the kernel takes the programs is
+// known only by loading them (New).
+func Usable(cgroup, pinDir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(cgroup, &st); err != nil {
+		return fmt.Errorf("cgroup %s: %w", cgroup, err)
+	}
+	if st.Type != unix.CGROUP2_SUPER_MAGIC {
+		return fmt.Errorf("%s is not a cgroup v2 directory", cgroup)
+	}
+	return checkBPFFS(pinDir)
+}
+
+// MapMemory returns the kernel memory each map takes (memlock, from fdinfo).
+func (p *Proxier) MapMemory() (map[string]uint64, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.k == nil {
+		return nil, errors.New("socket LB is closed")
+	}
+	m := &p.k.objs.socketlbMaps
+	out := map[string]uint64{}
+	for name, mp := range map[string]*ebpf.Map{
+		socketlbMapKpFrontends: m.KpFrontends, socketlbMapKpSlots: m.KpSlots, socketlbMapKpBackends: m.KpBackends,
+		socketlbMapKpNodeaddrs: m.KpNodeaddrs, socketlbMapKpAffinity: m.KpAffinity, socketlbMapKpRevnat: m.KpRevnat,
+		socketlbMapKpCounters: m.KpCounters,
+	} {
+		n, err := memlock(mp)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		out[name] = n
+	}
+	return out, nil
 }

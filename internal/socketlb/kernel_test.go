@@ -4,9 +4,11 @@ import (
 	"context"
 	"net/netip"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"strings"
 	"testing"
 
@@ -354,12 +356,17 @@ func TestRestartAdoptsPinsAndCleanupDetaches(t *testing.T) {
 	b.service(svc, all)
 	dst := netip.AddrPortFrom(vip4, 80)
 	b.reachAll(b.client.NS, "tcp", dst, "poda", "podb")
+	links := b.linkIDs()
 	b.p.Close()
 	b.reachAll(b.client.NS, "tcp", dst, "poda", "podb")
 
-	// The new kproxy starts with the old maps in force; its first (full)
-	// sync replaces them.
+	// The new kproxy starts with the old maps in force, in the same links
+	// (their programs swapped in place, so no connect goes untranslated);
+	// its first (full) sync replaces the maps' contents.
 	b.p = b.open()
+	if now := b.linkIDs(); !slices.Equal(now, links) {
+		t.Errorf("links after the restart %v, want the pinned ones %v kept", now, links)
+	}
 	b.reachAll(b.client.NS, "tcp", dst, "poda", "podb")
 	one := b.slice("rs", v1.IPv4Protocol, 8080, v1.ProtocolTCP, ep{pod: 1})
 	b.tr.OnEndpointSliceUpdate(all, one)
@@ -384,6 +391,24 @@ func TestRestartAdoptsPinsAndCleanupDetaches(t *testing.T) {
 	if _, err := os.Stat(b.sb.PinDir); !os.IsNotExist(err) {
 		t.Errorf("pin directory left after cleanup: %v", err)
 	}
+}
+
+func (b *bed) linkIDs() []link.ID {
+	b.t.Helper()
+	var ids []link.ID
+	for _, h := range hooks {
+		l, err := link.LoadPinnedLink(linkPin(b.sb.PinDir, h.prog), nil)
+		if err != nil {
+			b.t.Fatal(err)
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil {
+			b.t.Fatal(err)
+		}
+		ids = append(ids, info.ID)
+	}
+	return ids
 }
 
 type entries struct{ frontends, slots, backends int }

@@ -84,7 +84,8 @@ func (p *Proxier) Translations() map[model.ServicePortName]uint64 {
 	var vals []uint64
 	for name, ps := range p.ports {
 		if err := p.k.objs.KpCounters.Lookup(ps.id, &vals); err != nil {
-			continue
+			// No entry until the first translation on the port.
+			vals = vals[:0]
 		}
 		var sum uint64
 		for _, v := range vals {

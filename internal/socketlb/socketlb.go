@@ -72,8 +72,13 @@ type frontendKey = socketlbFrontendKey
 type portState struct {
 	id        uint32
 	proto     v1.Protocol
-	frontends map[frontendKey]socketlbFrontend
+	frontends []frontendEntry
 	sets      []uint32
+}
+
+type frontendEntry struct {
+	key frontendKey
+	val socketlbFrontend
 }
 
 // setState is one double-buffered slot set: the endpoints of one family of a
@@ -112,7 +117,7 @@ func New(cfg Config, m *Metrics) (*Proxier, error) {
 		cfg: cfg, k: k, log: cfg.Logger.With("dataplane", "socketlb"), metrics: m,
 		ports: map[model.ServicePortName]*portState{}, owners: map[frontendKey]model.ServicePortName{},
 		sets: map[uint32]*setState{}, backends: map[netip.AddrPort]*backendRef{},
-		nodeAddrs: map[netip.Addr]bool{}, gc: true,
+		nodeAddrs: map[netip.Addr]bool{},
 	}
 	if err := p.adopt(); err != nil {
 		k.close()
@@ -151,7 +156,20 @@ func (p *Proxier) adopt() error {
 	for it.Next(&nk, &one) {
 		p.nodeAddrs[decodeAddr(nk.Addr, uint8(nk.Family))] = true
 	}
-	return it.Err()
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read pinned node addresses: %w", err)
+	}
+	// Anything left in the maps is collected by the first full sync; empty
+	// maps (a first start) need no such pass.
+	var key [32]byte
+	for _, m := range []*ebpf.Map{p.k.objs.KpFrontends, p.k.objs.KpSlots, p.k.objs.KpBackends, p.k.objs.KpCounters} {
+		if err := m.NextKey(nil, key[:m.KeySize()]); err == nil {
+			p.gc = true
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("read pinned map: %w", err)
+		}
+	}
+	return nil
 }
 
 // Close releases kproxy's handles. The programs stay attached and the maps
@@ -192,6 +210,24 @@ func (p *Proxier) sync(snap *model.Snapshot, full bool) error {
 	if err := p.planNodeAddrs(pl); err != nil {
 		return err
 	}
+	if full && len(p.ports) == 0 {
+		// A first sync: size the maps once instead of growing them.
+		eps := 0
+		for _, pv := range snap.Ports {
+			eps += len(pv.Endpoints)
+		}
+		n := len(snap.Ports)
+		p.ports = make(map[model.ServicePortName]*portState, n)
+		p.owners = make(map[frontendKey]model.ServicePortName, 2*n)
+		p.sets = make(map[uint32]*setState, 2*n)
+		if len(p.backends) == 0 {
+			p.backends = make(map[netip.AddrPort]*backendRef, eps)
+		}
+		pl.slotKeys = make([]socketlbSlotKey, 0, eps)
+		pl.slotVals = make([]uint32, 0, eps)
+		pl.beKeys = make([]uint32, 0, eps)
+		pl.beVals = make([]socketlbBackend, 0, eps)
+	}
 	var names []model.ServicePortName
 	if full {
 		for name := range snap.Ports {
@@ -227,15 +263,47 @@ func (p *Proxier) sync(snap *model.Snapshot, full bool) error {
 }
 
 // wantPort is what one service port should have in the maps.
+// A port has a handful of frontends and at most four sets: slices, not maps,
+// keep a cold sync of 10,000 ports cheap.
 type wantPort struct {
-	frontends map[frontendKey]wantFrontend
-	sets      map[uint32][]netip.AddrPort
+	frontends []wantFrontend
+	sets      []wantSet
 }
 
 type wantFrontend struct {
+	key      frontendKey
 	set      uint32 // the set's base id; unused when refuse
 	refuse   bool
 	affinity uint32
+}
+
+type wantSet struct {
+	base uint32
+	eps  []netip.AddrPort
+}
+
+func (w *wantPort) set(base uint32) ([]netip.AddrPort, bool) {
+	for _, s := range w.sets {
+		if s.base == base {
+			return s.eps, true
+		}
+	}
+	return nil, false
+}
+
+func (w *wantPort) addSet(base uint32, eps []netip.AddrPort) {
+	if _, ok := w.set(base); !ok {
+		w.sets = append(w.sets, wantSet{base: base, eps: eps})
+	}
+}
+
+func (w *wantPort) hasFrontend(key frontendKey) bool {
+	for _, f := range w.frontends {
+		if f.key == key {
+			return true
+		}
+	}
+	return false
 }
 
 // Set ids: bit 0 is the buffer, bit 1 the family, bit 2 internal/external,
@@ -268,7 +336,7 @@ func protoNum(p v1.Protocol) (uint8, bool) {
 // (loadBalancerSourceRanges) is left out: the programs leave such connects
 // alone and nftables decides.
 func build(pv *model.PortView, portID uint32) (wantPort, bool) {
-	w := wantPort{frontends: map[frontendKey]wantFrontend{}, sets: map[uint32][]netip.AddrPort{}}
+	var w wantPort
 	proto, ok := protoNum(pv.Protocol)
 	if !ok {
 		return w, false
@@ -284,10 +352,10 @@ func build(pv *model.PortView, portID uint32) (wantPort, bool) {
 			key := encodeFrontend(cip, uint16(pv.Port), proto)
 			switch {
 			case len(internal) > 0:
-				w.sets[internalBase] = internal
-				w.frontends[key] = wantFrontend{set: internalBase, affinity: aff}
+				w.addSet(internalBase, internal)
+				w.frontends = append(w.frontends, wantFrontend{key: key, set: internalBase, affinity: aff})
 			case !pv.HasAnyOf(fam):
-				w.frontends[key] = wantFrontend{refuse: true}
+				w.frontends = append(w.frontends, wantFrontend{key: key, refuse: true})
 			}
 		}
 		var externals []frontendKey
@@ -319,17 +387,17 @@ func build(pv *model.PortView, portID uint32) (wantPort, bool) {
 			eps = addrPorts(model.ByFamily(pv.ExternalEndpoints(), fam))
 		}
 		base := setBase(portID, true, fam)
-		if slices.Equal(eps, w.sets[internalBase]) {
+		if in, ok := w.set(internalBase); ok && slices.Equal(eps, in) {
 			// The same endpoints: share the set, and so the affinity pins.
 			base = internalBase
 		}
 		for _, key := range externals {
 			switch {
 			case len(eps) > 0:
-				w.sets[base] = eps
-				w.frontends[key] = wantFrontend{set: base, affinity: aff}
+				w.addSet(base, eps)
+				w.frontends = append(w.frontends, wantFrontend{key: key, set: base, affinity: aff})
 			case !pv.HasAnyOf(fam):
-				w.frontends[key] = wantFrontend{refuse: true}
+				w.frontends = append(w.frontends, wantFrontend{key: key, refuse: true})
 			}
 		}
 	}
@@ -363,8 +431,7 @@ func (p *Proxier) planPort(pl *plan, name model.ServicePortName, pv *model.PortV
 			if err != nil {
 				return fmt.Errorf("service port %s: %w", name, err)
 			}
-			ps = &portState{id: id, proto: pv.Protocol, frontends: map[frontendKey]socketlbFrontend{}}
-			pl.counterInits = append(pl.counterInits, id)
+			ps = &portState{id: id, proto: pv.Protocol}
 		}
 		w, served = build(pv, ps.id)
 	}
@@ -375,7 +442,8 @@ func (p *Proxier) planPort(pl *plan, name model.ServicePortName, pv *model.PortV
 		w = wantPort{}
 	}
 	// Slot sets first: new slots are written before any frontend points at them.
-	for base, eps := range w.sets {
+	for _, ws := range w.sets {
+		base, eps := ws.base, ws.eps
 		st := p.sets[base]
 		if st != nil && !force && slices.Equal(st.eps, eps) {
 			continue
@@ -407,7 +475,9 @@ func (p *Proxier) planPort(pl *plan, name model.ServicePortName, pv *model.PortV
 		p.sets[base] = next
 	}
 	// Then the frontends, each flipped in one update.
-	for key, wf := range w.frontends {
+	kept := make([]frontendEntry, 0, len(w.frontends))
+	for _, wf := range w.frontends {
+		key := wf.key
 		if owner, ok := p.owners[key]; ok && owner != name {
 			p.log.Debug("frontend already served by another service port", "servicePort", name.String(), "owner", owner.String())
 			continue
@@ -417,26 +487,26 @@ func (p *Proxier) planPort(pl *plan, name model.ServicePortName, pv *model.PortV
 			st := p.sets[wf.set]
 			v.SetId, v.Count, v.Affinity = wf.set|st.buf, uint32(len(st.ids)), wf.affinity
 		}
-		if old, ok := ps.frontends[key]; ok && old == v && !force {
+		kept = append(kept, frontendEntry{key: key, val: v})
+		if old, ok := ps.frontend(key); ok && old == v && !force {
 			continue
 		}
 		pl.feKeys = append(pl.feKeys, key)
 		pl.feVals = append(pl.feVals, v)
-		ps.frontends[key] = v
 		p.owners[key] = name
 	}
-	for key := range ps.frontends {
-		if _, ok := w.frontends[key]; !ok {
-			pl.feDeletes = append(pl.feDeletes, key)
-			delete(ps.frontends, key)
-			delete(p.owners, key)
+	for _, old := range ps.frontends {
+		if !w.hasFrontend(old.key) {
+			pl.feDeletes = append(pl.feDeletes, old.key)
+			delete(p.owners, old.key)
 		}
 	}
+	ps.frontends = kept
 	// Sets no longer used: after the frontends stopped pointing at them.
-	kept := ps.sets[:0]
+	keptSets := ps.sets[:0]
 	for _, base := range ps.sets {
-		if _, ok := w.sets[base]; ok {
-			kept = append(kept, base)
+		if _, ok := w.set(base); ok {
+			keptSets = append(keptSets, base)
 			continue
 		}
 		st := p.sets[base]
@@ -448,7 +518,7 @@ func (p *Proxier) planPort(pl *plan, name model.ServicePortName, pv *model.PortV
 		pl.release = append(pl.release, st.eps...)
 		delete(p.sets, base)
 	}
-	ps.sets = kept
+	ps.sets = keptSets
 	if pv == nil {
 		pl.counterDeletes = append(pl.counterDeletes, ps.id)
 		pl.freePorts = append(pl.freePorts, ps.id)
@@ -457,6 +527,15 @@ func (p *Proxier) planPort(pl *plan, name model.ServicePortName, pv *model.PortV
 	}
 	p.ports[name] = ps
 	return nil
+}
+
+func (ps *portState) frontend(key frontendKey) (socketlbFrontend, bool) {
+	for _, f := range ps.frontends {
+		if f.key == key {
+			return f.val, true
+		}
+	}
+	return socketlbFrontend{}, false
 }
 
 func (p *Proxier) acquireBackend(pl *plan, ep netip.AddrPort) (uint32, error) {
@@ -549,35 +628,27 @@ func (p *Proxier) nodeAddresses() ([]netip.Addr, error) {
 func (p *Proxier) collectGarbage() error {
 	live := map[frontendKey]bool{}
 	for _, ps := range p.ports {
-		for k := range ps.frontends {
-			live[k] = true
+		for _, f := range ps.frontends {
+			live[f.key] = true
 		}
 	}
 	var errs []error
-	var fk frontendKey
-	var fv socketlbFrontend
 	var stale []frontendKey
-	it := p.k.objs.KpFrontends.Iterate()
-	for it.Next(&fk, &fv) {
-		if !live[fk] {
-			stale = append(stale, fk)
+	errs = append(errs, eachKey(p.k.objs.KpFrontends, func(k frontendKey) {
+		if !live[k] {
+			stale = append(stale, k)
 		}
-	}
-	errs = append(errs, it.Err())
+	}))
 	for _, k := range stale {
 		errs = append(errs, ignoreMissing(p.k.objs.KpFrontends.Delete(k)))
 	}
-	var sk socketlbSlotKey
-	var sv uint32
 	var staleSlots []socketlbSlotKey
-	it = p.k.objs.KpSlots.Iterate()
-	for it.Next(&sk, &sv) {
+	errs = append(errs, eachKey(p.k.objs.KpSlots, func(sk socketlbSlotKey) {
 		st := p.sets[sk.SetId&^1]
 		if st == nil || sk.Slot >= st.n[sk.SetId&1] {
 			staleSlots = append(staleSlots, sk)
 		}
-	}
-	errs = append(errs, it.Err())
+	}))
 	for _, k := range staleSlots {
 		errs = append(errs, ignoreMissing(p.k.objs.KpSlots.Delete(k)))
 	}
@@ -592,16 +663,12 @@ func (p *Proxier) collectGarbage() error {
 			p.backendID.put(b.id)
 		}
 	}
-	var bid uint32
-	var bv socketlbBackend
 	var staleBackends []uint32
-	it = p.k.objs.KpBackends.Iterate()
-	for it.Next(&bid, &bv) {
-		if !liveBackends[bid] {
-			staleBackends = append(staleBackends, bid)
+	errs = append(errs, eachKey(p.k.objs.KpBackends, func(id uint32) {
+		if !liveBackends[id] {
+			staleBackends = append(staleBackends, id)
 		}
-	}
-	errs = append(errs, it.Err())
+	}))
 	for _, k := range staleBackends {
 		errs = append(errs, ignoreMissing(p.k.objs.KpBackends.Delete(k)))
 	}
@@ -609,16 +676,12 @@ func (p *Proxier) collectGarbage() error {
 	for _, ps := range p.ports {
 		livePorts[ps.id] = true
 	}
-	var cid uint32
-	var cv []uint64
 	var staleCounters []uint32
-	it = p.k.objs.KpCounters.Iterate()
-	for it.Next(&cid, &cv) {
-		if !livePorts[cid] {
-			staleCounters = append(staleCounters, cid)
+	errs = append(errs, eachKey(p.k.objs.KpCounters, func(id uint32) {
+		if !livePorts[id] {
+			staleCounters = append(staleCounters, id)
 		}
-	}
-	errs = append(errs, it.Err())
+	}))
 	for _, k := range staleCounters {
 		errs = append(errs, ignoreMissing(p.k.objs.KpCounters.Delete(k)))
 	}
@@ -626,6 +689,22 @@ func (p *Proxier) collectGarbage() error {
 		return fmt.Errorf("remove stale socket LB map entries: %w", err)
 	}
 	return nil
+}
+
+// eachKey calls f with every key of m (keys only: half the system calls of
+// an iteration with values).
+func eachKey[K comparable](m *ebpf.Map, f func(K)) error {
+	var cur, next K
+	err := m.NextKey(nil, &next)
+	for err == nil {
+		f(next)
+		cur = next
+		err = m.NextKey(&cur, &next)
+	}
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil
+	}
+	return err
 }
 
 func ignoreMissing(err error) error {
@@ -639,7 +718,6 @@ func ignoreMissing(err error) error {
 // reader consistent: backends, slots, frontends, then the deletions.
 type plan struct {
 	nodeAdds, nodeDeletes []socketlbNodeaddrKey
-	counterInits          []uint32
 	beKeys                []uint32
 	beVals                []socketlbBackend
 	slotKeys              []socketlbSlotKey
@@ -661,14 +739,6 @@ func (p *Proxier) apply(pl *plan) error {
 	}
 	if err := batchUpdate(m.KpNodeaddrs, pl.nodeAdds, one); err != nil {
 		return fmt.Errorf("write node addresses: %w", err)
-	}
-	if len(pl.counterInits) > 0 {
-		zero := make([]uint64, ebpf.MustPossibleCPU())
-		for _, id := range pl.counterInits {
-			if err := m.KpCounters.Update(id, zero, ebpf.UpdateAny); err != nil {
-				return fmt.Errorf("write counters: %w", err)
-			}
-		}
 	}
 	if err := batchUpdate(m.KpBackends, pl.beKeys, pl.beVals); err != nil {
 		return fmt.Errorf("write backends: %w", err)

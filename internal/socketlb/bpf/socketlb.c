@@ -131,9 +131,10 @@ struct {
 	__type(value, __u32);
 } kp_nodeaddrs SEC(".maps");
 
+// LRU maps are preallocated: their sizes are their kernel memory.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 65536);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__type(key, struct affinity_key);
 	__type(value, struct affinity_val);
@@ -141,7 +142,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 65536);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__type(key, struct revnat_key);
 	__type(value, struct revnat_val);
@@ -149,7 +150,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__type(key, __u32);
@@ -318,9 +319,14 @@ static __always_inline struct backend *pick_backend(void *ctx, struct frontend *
 static __always_inline void count_translation(__u32 port_id)
 {
 	__u64 *n = bpf_map_lookup_elem(&kp_counters, &port_id);
+	__u64 one = 1;
 
-	if (n)
+	if (n) {
 		*n += 1;
+		return;
+	}
+	// The first on this port: a new per-CPU entry (the other CPUs' are zero).
+	bpf_map_update_elem(&kp_counters, &port_id, &one, BPF_NOEXIST);
 }
 
 static __always_inline void remember(void *ctx, struct backend *be, struct sockaddr_in_kp *svc, __u16 svc_port)
