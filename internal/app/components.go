@@ -130,6 +130,9 @@ func startComponents(ctx context.Context, log *slog.Logger, cfg config.Config, m
 		LocalhostNodePorts: cfg.LocalhostNodePorts,
 	}
 	opts = trace.ForDataplane(primary(s.plane), opts)
+	if pl, ok := s.plane.(planes); ok {
+		opts.SocketLB = pl.socket
+	}
 	if hostAddrs, err := localAddrsIn(nil); err == nil {
 		opts.NodeAddresses = hostAddrs
 	}
