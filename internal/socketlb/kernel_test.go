@@ -15,6 +15,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/kproxy/kproxy/internal/netnstest"
+	"github.com/kproxy/kproxy/internal/socketlb/lbtest"
 )
 
 var (
@@ -431,4 +432,51 @@ func (b *bed) mapEntries() entries {
 	o := &b.p.k.objs.socketlbMaps
 	n.frontends, n.slots, n.backends = count(o.KpFrontends), count(o.KpSlots), count(o.KpBackends)
 	return n
+}
+
+// Connects running while the endpoints change under them never fail and never
+// reach an endpoint outside the service: each sync flips the frontend to a
+// fully written slot set in one update.
+func TestConnectsDuringEndpointChanges(t *testing.T) {
+	b := newBed(t, 3, false)
+	svc := makeService("flip", vip4.String(), vip6.String(), v1.ProtocolTCP, nil)
+	sets := [][]ep{{{pod: 0}, {pod: 1}}, {{pod: 1}, {pod: 2}}, {{pod: 2}}, {{pod: 0}, {pod: 1}, {pod: 2}}}
+	cur := b.slice("flip", v1.IPv4Protocol, 8080, v1.ProtocolTCP, sets[0]...)
+	b.service(svc, cur)
+	wait, err := b.sb.Start(b.client.Name, "tcp", netip.AddrPortFrom(vip4, 80), 400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	syncs := 0
+	done := make(chan struct{})
+	var r lbtest.Result
+	var werr error
+	go func() { r, werr = wait(); close(done) }()
+loop:
+	for i := 1; ; i++ {
+		select {
+		case <-done:
+			break loop
+		default:
+		}
+		next := b.slice("flip", v1.IPv4Protocol, 8080, v1.ProtocolTCP, sets[i%len(sets)]...)
+		b.endpoints(cur, next)
+		cur = next
+		syncs++
+		time.Sleep(5 * time.Millisecond)
+	}
+	if werr != nil {
+		t.Fatal(werr)
+	}
+	total := 0
+	for name, n := range r.Counts {
+		if !contains([]string{"poda", "podb", "podc"}, name) {
+			t.Errorf("%d connects: %s", n, name)
+		}
+		total += n
+	}
+	if total != 400 || syncs < 10 {
+		t.Errorf("%d connects counted over %d syncs, want 400 over at least 10: %v", total, syncs, r.Counts)
+	}
+	t.Logf("%d syncs during 400 connects: %v", syncs, r.Counts)
 }

@@ -25,6 +25,9 @@ type Result struct {
 	SeenAs string `json:"seenAs,omitempty"`
 	Peer   string `json:"peer,omitempty"`
 	Err    string `json:"err,omitempty"` // "refused", "timeout", or the message
+	// Counts is, for the repeat mode, how many connections reached each
+	// endpoint name, and under "error: ..." how many failed.
+	Counts map[string]int `json:"counts,omitempty"`
 }
 
 // Refused reports whether the connect (or send) was refused.
@@ -38,7 +41,12 @@ func ClientMain() {
 		return
 	}
 	mode, dst, _ := strings.Cut(spec, " ")
-	r := runClient(mode, dst)
+	var r Result
+	if rest, ok := strings.CutPrefix(mode, "repeat-"); ok {
+		r = repeat(rest, dst)
+	} else {
+		r = runClient(mode, dst)
+	}
 	_ = json.NewEncoder(os.Stdout).Encode(r)
 	os.Exit(0)
 }
@@ -91,6 +99,23 @@ func runClient(mode, dst string) Result {
 	return parseLine(line, unmap(c.RemoteAddr().String()))
 }
 
+// repeat runs n clients of the mode one after the other: "DST N".
+func repeat(mode, spec string) Result {
+	dst, count, _ := strings.Cut(spec, " ")
+	n := 0
+	_, _ = fmt.Sscan(count, &n)
+	r := Result{Counts: map[string]int{}}
+	for i := 0; i < n; i++ {
+		x := runClient(mode, dst)
+		if x.Err != "" {
+			r.Counts["error: "+x.Err]++
+			continue
+		}
+		r.Counts[x.Name]++
+	}
+	return r
+}
+
 func parseLine(line, peer string) Result {
 	name, seen, _ := strings.Cut(strings.TrimSpace(line), " ")
 	return Result{Name: name, SeenAs: seen, Peer: peer}
@@ -113,6 +138,32 @@ func errResult(err error) Result {
 		return Result{Err: "timeout"}
 	}
 	return Result{Err: err.Error()}
+}
+
+// Start starts a client process that connects n times in a row (mode tcp,
+// udp or udp-unconnected); Wait on the returned function for its counts.
+func (s *Sandbox) Start(netns, mode string, dst netip.AddrPort, n int) (wait func() (Result, error), err error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := s.Command(netns, exe)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=repeat-%s %s %d", clientEnv, mode, dst, n))
+	var out strings.Builder
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	return func() (Result, error) {
+		if err := cmd.Wait(); err != nil {
+			return Result{}, fmt.Errorf("client: %w", err)
+		}
+		var r Result
+		if err := json.Unmarshal([]byte(out.String()), &r); err != nil {
+			return Result{}, fmt.Errorf("client output %q: %w", out.String(), err)
+		}
+		return r, nil
+	}, nil
 }
 
 // Client runs the test binary as a client process in netns and the test
