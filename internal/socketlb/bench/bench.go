@@ -302,8 +302,9 @@ func Maps(n, changes int) (MapsResult, error) {
 			}
 			sb := lbtest.New(rt)
 			var err error
-			p, err = socketlb.New(socketlb.Config{CgroupPath: sb.Cgroup, PinDir: sb.PinDir,
-				NodeAddrs: func() ([]netip.Addr, error) { return nil, nil }}, nil)
+			// NodeAddrs unset: every sync reads this namespace's addresses,
+			// as kproxy does.
+			p, err = socketlb.New(socketlb.Config{CgroupPath: sb.Cgroup, PinDir: sb.PinDir}, nil)
 			if err != nil {
 				return err
 			}

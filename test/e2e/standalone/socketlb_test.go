@@ -91,6 +91,18 @@ func TestSocketLBSurvivesSIGKILL(t *testing.T) {
 		t.Errorf("metrics lack the socket LB's translations or sync duration (%v):\n%s", err, grepLines(metrics, "socketlb"))
 	}
 
+	// kproxy trace answers from the socket LB's maps for a pod's connect, and
+	// says nftables serves a packet from outside the node.
+	out, err := node.Exec(filepath.Join(binDir, "kproxy"), "trace", "--from", client.V4.String(), "--to", vip.String()+"/tcp")
+	if err != nil || !strings.Contains(out, "datapath: socket LB") || !strings.Contains(out, "socket LB (BPF maps): frontend "+vip.String()) ||
+		!strings.Contains(out, a.V4.String()+":8080") || strings.Contains(out, "disagree") {
+		t.Errorf("trace from a pod (%v):\n%s", err, out)
+	}
+	out, err = node.Exec(filepath.Join(binDir, "kproxy"), "trace", "--from", "192.168.100.2", "--to", vip.String()+"/tcp")
+	if err != nil || !strings.Contains(out, "datapath: nftables") {
+		t.Errorf("trace from outside the node (%v):\n%s", err, out)
+	}
+
 	_ = kp.cmd.Process.Kill()
 	_ = kp.cmd.Wait()
 	reachBoth("after kproxy was SIGKILLed")
@@ -102,7 +114,7 @@ func TestSocketLBSurvivesSIGKILL(t *testing.T) {
 	reachBoth("after the restart")
 	kp.stop(t)
 
-	out, err := node.Exec(filepath.Join(binDir, "kproxy"), "cleanup", "--nftables-table", "kproxy-slb", "--socket-lb-pin-dir", sb.PinDir)
+	out, err = node.Exec(filepath.Join(binDir, "kproxy"), "cleanup", "--nftables-table", "kproxy-slb", "--socket-lb-pin-dir", sb.PinDir)
 	if err != nil {
 		t.Fatalf("cleanup: %v", err)
 	}
