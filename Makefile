@@ -14,7 +14,8 @@ all: build
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
 
-demo: build
+# demo.sh builds only what it runs (kproxy and kproxy-echo), not the benchmark tools.
+demo:
 	hack/demo.sh
 
 # setup installs the Debian packages and builds the Kubernetes test tools (root only;

@@ -18,7 +18,7 @@ HEALTHZ=${DEMO_HEALTHZ:-127.0.0.1:10356}
 
 echo "building bin/kproxy and bin/kproxy-echo..."
 mkdir -p bin
-go build -o bin/ ./cmd/kproxy ./cmd/kproxy-echo
+go build -ldflags "-X github.com/kproxy/kproxy/internal/app.Version=$(git describe --tags --always --dirty 2>/dev/null || echo dev)" -o bin/ ./cmd/kproxy ./cmd/kproxy-echo
 
 work=$(mktemp -d)
 pids=()

@@ -123,10 +123,9 @@ func stateOf(snap *model.Snapshot) State {
 
 // adminServer serves /metrics and the debug endpoints.
 type adminServer struct {
-	log *slog.Logger
-	mux *http.ServeMux
-	srv *http.Server
-	ln  net.Listener
+	log  *slog.Logger
+	addr string
+	mux  *http.ServeMux
 }
 
 type adminDeps struct {
@@ -139,7 +138,7 @@ type adminDeps struct {
 	profiling bool
 }
 
-func newAdminServer(log *slog.Logger, addr string, d adminDeps) (*adminServer, error) {
+func newAdminServer(log *slog.Logger, addr string, d adminDeps) *adminServer {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(d.registry, promhttp.HandlerOpts{Registry: d.registry}))
 	mux.HandleFunc(pathState, func(w http.ResponseWriter, r *http.Request) {
@@ -172,24 +171,29 @@ func newAdminServer(log *slog.Logger, addr string, d adminDeps) (*adminServer, e
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
-	ln, err := net.Listen("tcp", addr)
+	return &adminServer{log: log, addr: addr, mux: mux}
+}
+
+// run listens on the admin address and serves until ctx is done, then shuts
+// down, giving requests in flight 2 seconds.
+func (a *adminServer) run(ctx context.Context) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", a.addr)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return &adminServer{log: log, mux: mux, ln: ln,
-		srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}, nil
-}
-
-func (a *adminServer) serve() {
-	if err := a.srv.Serve(a.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		a.log.Error("admin server stopped", "err", err)
+	a.log.Info("serving metrics and the admin endpoint", "address", ln.Addr().String())
+	srv := &http.Server{Handler: a.mux, ReadHeaderTimeout: 10 * time.Second}
+	stop := context.AfterFunc(ctx, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	})
+	defer stop()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
 	}
-}
-
-func (a *adminServer) close() {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	_ = a.srv.Shutdown(ctx)
+	return nil
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -22,7 +21,10 @@ import (
 
 // components are the readers of the model that run beside the data plane.
 type components struct {
-	trace   http.Handler
+	trace http.Handler
+	// fatal receives the failure of a server that must not be retried
+	// (--bind-address-hard-fail).
+	fatal   chan error
 	closers []func()
 }
 
@@ -68,7 +70,7 @@ func (h serviceHealth) Update(snap *model.Snapshot) {
 
 func startComponents(ctx context.Context, log *slog.Logger, cfg config.Config, m *metrics.Metrics,
 	s *syncer, tracker *model.Tracker, families []v1.IPFamily, reach healthcheck.SourceStatus) (*components, error) {
-	comp := &components{}
+	comp := &components{fatal: make(chan error, 2)}
 	var proxyHealth healthcheck.ProxyHealth
 	if cfg.HealthzBindAddress != "" {
 		var opts []healthcheck.Option
@@ -76,18 +78,17 @@ func startComponents(ctx context.Context, log *slog.Logger, cfg config.Config, m
 			opts = append(opts, healthcheck.WithSourceStatus(reach))
 		}
 		hs := healthcheck.NewProxyHealthServer(cfg.HealthzBindAddress, 2*cfg.SyncPeriod, m, nil, opts...)
-		errc := make(chan error, 1)
 		hctx, cancel := context.WithCancel(ctx)
-		go func() { errc <- hs.Run(hctx) }()
-		comp.closers = append(comp.closers, func() { cancel(); _ = hs.Close() })
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			keepServing(hctx, log, server{name: "healthz", addr: cfg.HealthzBindAddress, run: hs.Run, failures: m.ServerFailuresTotal},
+				serveRetry, cfg.BindAddressHardFail, comp.fatal)
+		}()
+		comp.closers = append(comp.closers, func() { cancel(); _ = hs.Close(); <-done })
 		s.health = familyHealth{hs: hs, families: families}
 		proxyHealth = hs
 		log.Info("serving health checks", "address", cfg.HealthzBindAddress)
-		go func() {
-			if err := <-errc; err != nil && !errors.Is(err, context.Canceled) && hctx.Err() == nil {
-				log.Error("health server stopped", "err", err)
-			}
-		}()
 	}
 	var addrs []netip.Addr
 	if len(cfg.NodePortAddresses) > 0 {

@@ -50,6 +50,9 @@ func applyKubeProxyConfiguration(path string, c *config.Config, fs *pflag.FlagSe
 	if kp.MetricsBindAddress != "" {
 		set("metrics-bind-address", func() { c.MetricsBindAddress = kp.MetricsBindAddress })
 	}
+	if kp.BindAddressHardFail {
+		set("bind-address-hard-fail", func() { c.BindAddressHardFail = true })
+	}
 	ct := kp.Conntrack
 	if ct.MaxPerCore != nil {
 		set("conntrack-max-per-core", func() { c.Conntrack.MaxPerCore = int(*ct.MaxPerCore) })

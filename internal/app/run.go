@@ -78,6 +78,7 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.UserspaceGracePeriod, "userspace-grace-period", c.UserspaceGracePeriod, "Userspace mode: how long connections to a deleted endpoint keep running")
 	fs.StringVar(&c.HealthzBindAddress, "healthz-bind-address", c.HealthzBindAddress, "HOST:PORT of the health server (/healthz, /livez); empty to disable")
 	fs.StringVar(&c.MetricsBindAddress, "metrics-bind-address", c.MetricsBindAddress, "HOST:PORT of the metrics and admin server (/metrics, /debug/kproxy/...); empty to disable")
+	fs.BoolVar(&c.BindAddressHardFail, "bind-address-hard-fail", c.BindAddressHardFail, "exit when the health or metrics address cannot be served (default: log, count in kproxy_server_failures_total, and try again every 5s)")
 	fs.BoolVar(&c.Profiling, "profiling", c.Profiling, "Serve pprof under /debug/pprof on the metrics address")
 	fs.IntVar(&c.OOMScoreAdj, "oom-score-adj", c.OOMScoreAdj, "The oom_score_adj of the kproxy process, -1000 to 1000 (lowering it needs CAP_SYS_RESOURCE)")
 	fs.StringVar(&c.DNSBindAddress, "dns-bind-address", c.DNSBindAddress, "HOST:PORT of the service DNS server (default 127.0.0.1:10053 in standalone mode, off in cluster mode; empty to disable)")
@@ -295,7 +296,7 @@ func runProxy(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	closers = append(closers, comp.close)
 
 	if cfg.MetricsBindAddress != "" {
-		admin, err := newAdminServer(log, cfg.MetricsBindAddress, adminDeps{
+		admin := newAdminServer(log, cfg.MetricsBindAddress, adminDeps{
 			registry: reg,
 			snapshot: tracker.Current,
 			describe: func(st State) State {
@@ -308,12 +309,14 @@ func runProxy(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 			trace:     comp.trace,
 			profiling: cfg.Profiling,
 		})
-		if err != nil {
-			return fmt.Errorf("metrics server on %s: %w", cfg.MetricsBindAddress, err)
-		}
-		go admin.serve()
-		closers = append(closers, admin.close)
-		log.Info("serving metrics and the admin endpoint", "address", admin.ln.Addr().String())
+		actx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			keepServing(actx, log, server{name: "metrics", addr: cfg.MetricsBindAddress, run: admin.run, failures: m.ServerFailuresTotal},
+				serveRetry, cfg.BindAddressHardFail, comp.fatal)
+		}()
+		closers = append(closers, func() { cancel(); <-done })
 	}
 
 	// The data plane is closed (deferred above) only after the loop has returned,
@@ -325,6 +328,9 @@ func runProxy(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	go func() { errc <- src.run(ctx) }()
 	select {
 	case <-ctx.Done():
+	case err := <-comp.fatal:
+		stop()
+		return err
 	case now := <-podCIDRsChanged:
 		stop()
 		return fmt.Errorf("the Node's pod CIDRs changed from %v to %v: restarting, as --detect-local-mode NodeCIDR reads them at start", cfg.ClusterCIDRs, now)

@@ -21,8 +21,7 @@ import (
 // namespace (a node under test has its own loopback). The listening socket is
 // created on a thread inside the namespace and keeps belonging to it; the
 // connections to the API server are dialled from the test's own namespace. It
-// replaces the socat UNIX-LISTEN/TCP-LISTEN pair of TESTING.md with no extra
-// process.
+// does what a socat UNIX-LISTEN/TCP-LISTEN pair would, with no extra process.
 type Relay struct {
 	// Kubeconfig is an admin kubeconfig whose server is the relay's address.
 	Kubeconfig string

@@ -98,7 +98,10 @@ type Config struct {
 
 	HealthzBindAddress string
 	MetricsBindAddress string
-	Profiling          bool
+	// BindAddressHardFail makes a failure to serve on either address fatal
+	// instead of retried.
+	BindAddressHardFail bool
+	Profiling           bool
 	// OOMScoreAdj is written to /proc/self/oom_score_adj at start.
 	OOMScoreAdj int
 

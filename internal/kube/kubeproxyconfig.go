@@ -34,6 +34,7 @@ var honoured = []string{
 	"hostnameOverride",
 	"healthzBindAddress",
 	"metricsBindAddress",
+	"bindAddressHardFail",
 	"mode",
 	"clusterCIDR",
 	"nodePortAddresses",

@@ -2,6 +2,7 @@ package manifest
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -76,11 +77,14 @@ type store struct {
 	// namespace, so that a pod change recomputes only the services it may match.
 	svcSel map[string]map[string]map[types.NamespacedName]struct{}
 
-	pods       map[string]*podIndex // namespace → index of in-force pods
-	nodeZones  map[string]string
-	selSlices  map[types.NamespacedName][]*discovery.EndpointSlice // computed from pods or mirrored from Endpoints
-	dirs       []string                                            // directories seen by the last scan
-	initialled bool
+	pods      map[string]*podIndex // namespace → index of in-force pods
+	nodeZones map[string]string
+	selSlices map[types.NamespacedName][]*discovery.EndpointSlice // computed from pods or mirrored from Endpoints
+	dirs      []string                                            // directories seen by the last scan
+	// scanProblems are the entries of the directory the last scan could not
+	// read: unreadable directories (what was read from under them stays).
+	scanProblems []Problem
+	initialled   bool
 }
 
 func newStore(dir string, alloc *allocator.Allocator) *store {
@@ -123,12 +127,25 @@ func (s *store) scan() (changes []fileChange, dirs []string, err error) {
 	}
 	var jobs []*job
 	seen := map[string]bool{}
+	s.scanProblems = nil
 	err = filepath.WalkDir(s.dir, func(path string, d fs.DirEntry, werr error) error {
+		rel := s.relPath(path)
 		if werr != nil {
 			if path == s.dir {
 				return werr
 			}
-			return nil // a file removed during the walk
+			if errors.Is(werr, fs.ErrNotExist) {
+				return nil // removed during the walk
+			}
+			// An unreadable directory: say so, and keep what was read from
+			// under it before, so that its services do not vanish.
+			s.scanProblems = append(s.scanProblems, Problem{File: rel + "/", Message: "read directory: " + errText(werr)})
+			for f := range s.files {
+				if strings.HasPrefix(f, rel+"/") {
+					seen[f] = true
+				}
+			}
+			return nil
 		}
 		name := d.Name()
 		if path != s.dir && strings.HasPrefix(name, ".") {
@@ -147,11 +164,21 @@ func (s *store) scan() (changes []fileChange, dirs []string, err error) {
 			return nil
 		}
 		fi, err := os.Stat(path) // follows symlinks
-		if err != nil || !fi.Mode().IsRegular() {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) && d.Type()&fs.ModeSymlink == 0 {
+				return nil // removed during the walk
+			}
+			// A dangling symlink or a symlink loop: a file that cannot be read.
+			// The objects it held before stay in force, as for any broken file.
+			seen[rel] = true
+			if old, ok := s.files[rel]; !ok || old.stamp != (fileStamp{}) {
+				jobs = append(jobs, &job{rel: rel, path: path, res: unreadable(rel, err)})
+			}
 			return nil
 		}
-		rel, _ := filepath.Rel(s.dir, path)
-		rel = filepath.ToSlash(rel)
+		if !fi.Mode().IsRegular() {
+			return nil
+		}
 		seen[rel] = true
 		st := stampOf(fi)
 		if old, ok := s.files[rel]; ok && old.stamp == st {
@@ -180,7 +207,9 @@ func (s *store) scan() (changes []fileChange, dirs []string, err error) {
 		go func() {
 			defer wg.Done()
 			for j := range ch {
-				j.res = decodeFile(j.rel, j.path, s.vopts)
+				if j.res == nil {
+					j.res = decodeFile(j.rel, j.path, s.vopts)
+				}
 			}
 		}()
 	}
@@ -197,10 +226,38 @@ func (s *store) scan() (changes []fileChange, dirs []string, err error) {
 	return changes, dirs, nil
 }
 
+// relPath is path relative to the manifest directory, with forward slashes.
+func (s *store) relPath(path string) string {
+	rel, _ := filepath.Rel(s.dir, path)
+	return filepath.ToSlash(rel)
+}
+
+// unreadable is the result of a file that could not be read: broken, so that
+// the objects it held before stay in force.
+func unreadable(rel string, err error) *fileResult {
+	msg := errText(err)
+	switch {
+	case errors.Is(err, syscall.ELOOP):
+		msg = "symlink loop: " + msg
+	case errors.Is(err, fs.ErrNotExist):
+		msg = "dangling symlink: " + msg
+	}
+	return &fileResult{broken: true, problems: []Problem{{File: rel, Message: "read: " + msg}}}
+}
+
+// errText is an I/O error's text without the path, which the problem names.
+func errText(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}
+
 func decodeFile(rel, path string, vopts validation.Options) *fileResult {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return &fileResult{broken: true, problems: []Problem{{File: rel, Message: "read: " + err.Error()}}}
+		return unreadable(rel, err)
 	}
 	res := &fileResult{}
 	for _, d := range splitFile(rel, data) {
@@ -306,13 +363,38 @@ type change struct {
 // sync brings the objects in force up to date with the directory. Only the keys
 // of objects in changed files are looked at again (and services whose
 // allocation failed, since what they wanted may have been freed), so that one
-// edited pod costs the same with 100,000 others.
+// edited pod costs the same with 100,000 others. Each step is a method below:
+// scan the files, relink the changed files' objects, order the touched keys,
+// free the allocations of services deleted while kproxy was down, take deleted
+// objects out of force, put new and changed ones in, refresh the nodes, and
+// recompute the endpoints of the services that need it.
 func (s *store) sync(nodeName string) (*change, error) {
 	changes, dirs, err := s.scan()
 	if err != nil {
 		return nil, err
 	}
 	s.dirs = dirs
+	touched := s.relink(changes)
+	broken := s.brokenFiles()
+	keys := orderKeys(touched)
+	if !s.initialled {
+		s.pruneAllocations(broken)
+		s.initialled = true
+	}
+	ch := &change{services: map[types.NamespacedName][2]*v1.Service{}, slices: map[types.NamespacedName][2]*discovery.EndpointSlice{}}
+	d := &delta{ch: ch, dirtySvc: map[types.NamespacedName]bool{}}
+	// Deletions first, so that what they free can be taken by this sync's additions.
+	s.applyDeletions(keys, broken, d)
+	s.applyCandidates(keys, d)
+	ch.node = [2]*v1.Node{nil, s.refreshNodes(nodeName, d)}
+	s.recomputeSlices(ch, d.dirtySvc)
+	s.problems = s.collectProblems()
+	return ch, nil
+}
+
+// relink moves the objects of changed files in and out of byKey, and returns the
+// keys to look at again: theirs and those to retry.
+func (s *store) relink(changes []fileChange) map[objKey]bool {
 	touched := map[objKey]bool{}
 	for _, c := range changes {
 		if c.old != nil {
@@ -331,15 +413,25 @@ func (s *store) sync(nodeName string) (*change, error) {
 	for k := range s.retry {
 		touched[k] = true
 	}
+	return touched
+}
+
+// brokenFiles are the files some document of which could not be decoded: the
+// objects they held keep their place.
+func (s *store) brokenFiles() map[string]bool {
 	broken := map[string]bool{}
 	for f, fr := range s.files {
 		if fr.broken {
 			broken[f] = true
 		}
 	}
+	return broken
+}
 
-	// Only services need an order (allocation is first come, first served, and
-	// "first" must be reproducible); sorting 100,000 pods would be wasted time.
+// orderKeys puts the services last, sorted: allocation is first come, first
+// served, and "first" must be reproducible. Only services need an order; sorting
+// 100,000 pods would be wasted time.
+func orderKeys(touched map[objKey]bool) []objKey {
 	keys := make([]objKey, 0, len(touched))
 	var svcKeys []objKey
 	for k := range touched {
@@ -352,33 +444,20 @@ func (s *store) sync(nodeName string) (*change, error) {
 	slices.SortFunc(svcKeys, func(a, b objKey) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
-	keys = append(keys, svcKeys...)
+	return append(keys, svcKeys...)
+}
 
-	if !s.initialled {
-		// Services deleted while kproxy was down free their values; those of a file
-		// that fails to load keep them.
-		s.alloc.Prune(func(k types.NamespacedName, file string) bool {
-			return len(s.byKey[objKey{Kind: KindService, Namespace: k.Namespace, Name: k.Name}]) > 0 || broken[file]
-		})
-	}
+// pruneAllocations frees, on the first sync, the values of services deleted
+// while kproxy was down; those of a file that fails to load keep them.
+func (s *store) pruneAllocations(broken map[string]bool) {
+	s.alloc.Prune(func(k types.NamespacedName, file string) bool {
+		return len(s.byKey[objKey{Kind: KindService, Namespace: k.Namespace, Name: k.Name}]) > 0 || broken[file]
+	})
+}
 
-	ch := &change{services: map[types.NamespacedName][2]*v1.Service{}, slices: map[types.NamespacedName][2]*discovery.EndpointSlice{}}
-	d := &delta{ch: ch, dirtySvc: map[types.NamespacedName]bool{}}
-	candidate := func(k objKey) (*object, []Problem) {
-		objs := s.byKey[k]
-		if len(objs) == 0 {
-			return nil, nil
-		}
-		var probs []Problem
-		for _, o := range objs[1:] {
-			probs = append(probs, Problem{File: o.File, Doc: o.Doc, Item: o.Item, Line: o.Line,
-				Kind: k.Kind, Namespace: k.Namespace, Name: k.Name, Field: "metadata.name",
-				Message: fmt.Sprintf("Duplicate value: %q: already defined in %s (document %d)", k.Name, objs[0].File, objs[0].Doc)})
-		}
-		return objs[0], probs
-	}
-
-	// Deletions first, so that what they free can be taken by this sync's additions.
+// applyDeletions takes out of force the objects no file defines any more,
+// except those of a file that is broken now: they stay until it is fixed.
+func (s *store) applyDeletions(keys []objKey, broken map[string]bool, d *delta) {
 	for _, k := range keys {
 		if len(s.byKey[k]) > 0 {
 			continue
@@ -399,32 +478,35 @@ func (s *store) sync(nodeName string) (*change, error) {
 		delete(s.keyProbs, k)
 		s.remove(k, cur, d)
 	}
+}
+
+// candidate is the object that defines k (the first in file order) and a
+// problem for each duplicate.
+func (s *store) candidate(k objKey) (*object, []Problem) {
+	objs := s.byKey[k]
+	if len(objs) == 0 {
+		return nil, nil
+	}
+	var probs []Problem
+	for _, o := range objs[1:] {
+		probs = append(probs, Problem{File: o.File, Doc: o.Doc, Item: o.Item, Line: o.Line,
+			Kind: k.Kind, Namespace: k.Namespace, Name: k.Name, Field: "metadata.name",
+			Message: fmt.Sprintf("Duplicate value: %q: already defined in %s (document %d)", k.Name, objs[0].File, objs[0].Doc)})
+	}
+	return objs[0], probs
+}
+
+// applyCandidates puts each key's candidate in force when it is new or changed
+// and valid; an invalid one leaves the last good version in force.
+func (s *store) applyCandidates(keys []objKey, d *delta) {
 	for _, k := range keys {
-		cand, probs := candidate(k)
+		cand, probs := s.candidate(k)
 		if cand == nil {
 			continue
 		}
 		delete(s.retry, k)
-		cur := s.inForce[k]
-		if cur == nil || cur.src != cand {
-			out, errs := s.process(cand)
-			if len(errs) > 0 {
-				probs = append(probs, errs...)
-				if cur != nil {
-					probs = append(probs, retainedProblem(cur.src))
-				}
-				if k.Kind == KindService && cand.problems == nil {
-					// An allocation conflict may be resolved by another service's change.
-					s.retry[k] = true
-				}
-			} else {
-				if cur != nil {
-					s.unindex(k, cur, d)
-				}
-				e := &entry{src: cand, out: out}
-				s.inForce[k] = e
-				s.index(k, e, cur, d)
-			}
+		if cur := s.inForce[k]; cur == nil || cur.src != cand {
+			probs = append(probs, s.admit(k, cand, cur, d)...)
 		}
 		if len(probs) > 0 {
 			s.keyProbs[k] = probs
@@ -432,10 +514,35 @@ func (s *store) sync(nodeName string) (*change, error) {
 			delete(s.keyProbs, k)
 		}
 	}
-	s.initialled = true
+}
 
-	// This node, and the zones of the others for endpoints.
-	var node *v1.Node
+// admit processes cand (allocating a service) and, if it is valid, puts it in
+// force in place of cur. It returns the problems that kept it out.
+func (s *store) admit(k objKey, cand *object, cur *entry, d *delta) []Problem {
+	out, errs := s.process(cand)
+	if len(errs) == 0 {
+		if cur != nil {
+			s.unindex(k, cur, d)
+		}
+		e := &entry{src: cand, out: out}
+		s.inForce[k] = e
+		s.index(k, e, cur, d)
+		return nil
+	}
+	if cur != nil {
+		errs = append(errs, retainedProblem(cur.src))
+	}
+	if k.Kind == KindService && cand.problems == nil {
+		// An allocation conflict may be resolved by another service's change.
+		s.retry[k] = true
+	}
+	return errs
+}
+
+// refreshNodes recomputes the other nodes' zones when a Node changed (zones
+// feed every endpoint, so every selector service is recomputed then), and
+// returns this node's object.
+func (s *store) refreshNodes(nodeName string, d *delta) *v1.Node {
 	if d.nodes {
 		s.nodeZones = map[string]string{}
 		for k, e := range s.inForce {
@@ -446,19 +553,20 @@ func (s *store) sync(nodeName string) (*change, error) {
 					s.nodeZones[n.Name] = z
 				}
 			case k.Kind == KindService && len(e.out.(*v1.Service).Spec.Selector) > 0:
-				// Zones feed every endpoint: recompute them all.
 				d.dirtySvc[types.NamespacedName{Namespace: k.Namespace, Name: k.Name}] = true
 			}
 		}
 	}
 	if e := s.inForce[objKey{Kind: KindNode, Name: nodeName}]; e != nil {
-		node = e.out.(*v1.Node)
+		return e.out.(*v1.Node)
 	}
-	ch.node = [2]*v1.Node{nil, node}
+	return nil
+}
 
-	s.recomputeSlices(ch, d.dirtySvc)
-
-	var problems []Problem
+// collectProblems gathers the problems of the directory, the files and the
+// objects, in file order.
+func (s *store) collectProblems() []Problem {
+	problems := slices.Clone(s.scanProblems)
 	for _, fr := range s.files {
 		problems = append(problems, fr.problems...)
 	}
@@ -466,8 +574,7 @@ func (s *store) sync(nodeName string) (*change, error) {
 		problems = append(problems, ps...)
 	}
 	sortProblems(problems)
-	s.problems = problems
-	return ch, nil
+	return problems
 }
 
 // link records a decoded object under its key, in file order: the first one is

@@ -38,6 +38,7 @@ type Metrics struct {
 	UserspaceBytesTotal        *prometheus.CounterVec // service_port, direction
 	UserspaceDialFailuresTotal *prometheus.CounterVec // service_port
 	ManifestErrors             prometheus.Gauge
+	ServerFailuresTotal        *prometheus.CounterVec
 	ManifestLoadsTotal         *prometheus.CounterVec // result
 	AllocatorUsed              *prometheus.GaugeVec   // resource (clusterip-ipv4, clusterip-ipv6, nodeport)
 	AllocatorSize              *prometheus.GaugeVec
@@ -131,6 +132,9 @@ func New(reg prometheus.Registerer) *Metrics {
 			Namespace: "kproxy", Subsystem: "userspace", Name: "dial_failures_total",
 			Help: "Failed connections to endpoints per service port"},
 			[]string{"service_port"}),
+		ServerFailuresTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "kproxy", Subsystem: "server", Name: "failures_total",
+			Help: "Failures to serve on the health (healthz) or metrics address, each retried after 5s"}, []string{"server"}),
 		ManifestErrors: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "kproxy", Subsystem: "manifest", Name: "errors",
 			Help: "Manifest errors in the last load of the manifest directory"}),
@@ -168,7 +172,7 @@ func (m *Metrics) collectors() []prometheus.Collector {
 		m.ConntrackCleanupEntriesTotal, m.ConntrackCleanupFailuresTotal, m.NFTablesSyncFailuresTotal,
 		m.NFTablesCleanupFailuresTotal, m.ProxyHealthzTotal, m.ServiceHealthzTotal,
 		m.UserspaceActiveConnections, m.UserspaceConnectionsTotal, m.UserspaceBytesTotal,
-		m.UserspaceDialFailuresTotal, m.ManifestErrors, m.ManifestLoadsTotal, m.AllocatorUsed,
+		m.UserspaceDialFailuresTotal, m.ServerFailuresTotal, m.ManifestErrors, m.ManifestLoadsTotal, m.AllocatorUsed,
 		m.AllocatorSize, m.DNSRequestsTotal, m.ServicesGauge, m.EndpointsGauge,
 	}
 }

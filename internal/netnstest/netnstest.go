@@ -1,6 +1,6 @@
 // Package netnstest builds throwaway network topologies for real-kernel tests:
 // a "node" network namespace with a bridge for pods, pods on veth pairs, and an
-// external client on an uplink, following the traps listed in TESTING.md
+// external client on an uplink, avoiding the traps that make traffic fail silently
 // (forwarding on, hairpin on every bridge port, a route covering the service
 // CIDR, DAD off). Everything is removed in t.Cleanup.
 //

@@ -778,13 +778,6 @@ type UnavailableError struct{ Err error }
 func (e *UnavailableError) Error() string { return "nftables unavailable: " + e.Err.Error() }
 func (e *UnavailableError) Unwrap() error { return e.Err }
 
-// IsUnavailable reports whether err says the data plane cannot run here (the
-// caller may fall back to the userspace proxy).
-func IsUnavailable(err error) bool {
-	var ue *UnavailableError
-	return errors.As(err, &ue)
-}
-
 // Probe checks that kproxy can program nf_tables here: it opens the netlink
 // socket and lists the tables, which needs CAP_NET_ADMIN and nf_tables in the
 // kernel. It changes nothing.

@@ -313,6 +313,11 @@ func Node(node *v1.Node, opts Options) field.ErrorList {
 	for i, c := range node.Spec.PodCIDRs {
 		cidrErrs = append(cidrErrs, validCIDR(cidrsPath.Index(i), c, opts)...)
 	}
+	if len(node.Spec.PodCIDRs) == 0 && node.Spec.PodCIDR != "" {
+		// The API server takes a lone podCIDR as podCIDRs[0] and validates it
+		// as such; with podCIDRs set, podCIDR is overwritten by podCIDRs[0].
+		cidrErrs = append(cidrErrs, validCIDR(field.NewPath("spec", "podCIDR"), node.Spec.PodCIDR, opts)...)
+	}
 	errs = append(errs, cidrErrs...)
 	if len(cidrErrs) == 0 && len(node.Spec.PodCIDRs) > 1 {
 		v4, v6 := false, false

@@ -344,6 +344,19 @@ func TestNode(t *testing.T) {
 			want: []string{`spec.podCIDRs[0]: Invalid value: "10.244.0.0/33": must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)`},
 		},
 		{
+			name: "a lone pod CIDR is a CIDR",
+			node: makeTestNode(func(n *v1.Node) { n.Spec.PodCIDRs, n.Spec.PodCIDR = nil, "10.0.0.0/33" }),
+			want: []string{`spec.podCIDR: Invalid value: "10.0.0.0/33": must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)`},
+		},
+		{
+			name: "a lone valid pod CIDR",
+			node: makeTestNode(func(n *v1.Node) { n.Spec.PodCIDRs, n.Spec.PodCIDR = nil, "10.0.0.0/16" }),
+		},
+		{
+			name: "podCIDR beside podCIDRs is podCIDRs[0]'s copy and not looked at",
+			node: makeTestNode(func(n *v1.Node) { n.Spec.PodCIDR = "junk" }),
+		},
+		{
 			name: "pod CIDRs are one per family",
 			node: makeTestNode(func(n *v1.Node) { n.Spec.PodCIDRs = []string{"10.244.0.0/24", "10.245.0.0/24"} }),
 			want: []string{`spec.podCIDRs: Invalid value: ["10.244.0.0/24","10.245.0.0/24"]: may specify no more than one CIDR for each IP family`},

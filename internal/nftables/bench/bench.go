@@ -316,7 +316,7 @@ func loadText(n int, shape textShape) (float64, error) {
 }
 
 // writeMapsText is kproxy's ruleset shape written for the nft binary: the
-// DNAT part (which is nearly all of the elements), per PERF-NOTES.md.
+// DNAT part (which is nearly all of the elements).
 func writeMapsText(b *strings.Builder, n int) {
 	b.WriteString("table ip kpt {\n map backends-10 { typeof ip daddr . meta l4proto . th dport . numgen random mod 10 : ip daddr . tcp dport\n  elements = {\n")
 	for i := 0; i < n; i++ {
@@ -333,7 +333,7 @@ func writeMapsText(b *strings.Builder, n int) {
 }
 
 // writeUpstreamText is the ruleset shape of kube-proxy's nftables mode before
-// 1.36 (PERF-NOTES.md): service-ips vmap → a chain per service with an
+// 1.36: service-ips vmap → a chain per service with an
 // anonymous numgen vmap → a chain per endpoint doing the DNAT.
 func writeUpstreamText(b *strings.Builder, n int) {
 	b.WriteString("table ip kube-proxy {\n chain mark-for-masquerade {\n  meta mark set meta mark | 0x4000\n }\n")
