@@ -57,7 +57,7 @@ type Proxier struct {
 	ports     map[model.ServicePortName]*portState
 	owners    map[frontendKey]model.ServicePortName
 	sets      map[uint32]*setState
-	backends  map[netip.AddrPort]*backendRef
+	backends  map[netip.AddrPort]backendRef
 	backendID idAlloc
 	portID    idAlloc
 	nodeAddrs map[netip.Addr]bool
@@ -92,7 +92,7 @@ type setState struct {
 
 type backendRef struct {
 	id   uint32
-	refs int
+	refs int32
 }
 
 // New loads and attaches the programs (taking over the maps and links a
@@ -116,7 +116,7 @@ func New(cfg Config, m *Metrics) (*Proxier, error) {
 	p := &Proxier{
 		cfg: cfg, k: k, log: cfg.Logger.With("dataplane", "socketlb"), metrics: m,
 		ports: map[model.ServicePortName]*portState{}, owners: map[frontendKey]model.ServicePortName{},
-		sets: map[uint32]*setState{}, backends: map[netip.AddrPort]*backendRef{},
+		sets: map[uint32]*setState{}, backends: map[netip.AddrPort]backendRef{},
 		nodeAddrs: map[netip.Addr]bool{},
 	}
 	if err := p.adopt(); err != nil {
@@ -144,7 +144,7 @@ func (p *Proxier) adopt() error {
 	var be socketlbBackend
 	it = p.k.objs.KpBackends.Iterate()
 	for it.Next(&id, &be) {
-		p.backends[decodeBackend(&be)] = &backendRef{id: id}
+		p.backends[decodeBackend(&be)] = backendRef{id: id}
 		p.backendID.reserve(id)
 	}
 	if err := it.Err(); err != nil {
@@ -221,7 +221,7 @@ func (p *Proxier) sync(snap *model.Snapshot, full bool) error {
 		p.owners = make(map[frontendKey]model.ServicePortName, 2*n)
 		p.sets = make(map[uint32]*setState, 2*n)
 		if len(p.backends) == 0 {
-			p.backends = make(map[netip.AddrPort]*backendRef, eps)
+			p.backends = make(map[netip.AddrPort]backendRef, eps)
 		}
 		pl.slotKeys = make([]socketlbSlotKey, 0, eps)
 		pl.slotVals = make([]uint32, 0, eps)
@@ -541,13 +541,14 @@ func (ps *portState) frontend(key frontendKey) (socketlbFrontend, bool) {
 func (p *Proxier) acquireBackend(pl *plan, ep netip.AddrPort) (uint32, error) {
 	if b, ok := p.backends[ep]; ok {
 		b.refs++
+		p.backends[ep] = b
 		return b.id, nil
 	}
 	id, err := p.backendID.get()
 	if err != nil {
 		return 0, fmt.Errorf("endpoint %s: %w", ep, err)
 	}
-	p.backends[ep] = &backendRef{id: id, refs: 1}
+	p.backends[ep] = backendRef{id: id, refs: 1}
 	pl.beKeys = append(pl.beKeys, id)
 	pl.beVals = append(pl.beVals, encodeBackend(ep))
 	return id, nil
@@ -567,7 +568,9 @@ func (p *Proxier) releaseBackends(eps []netip.AddrPort) []uint32 {
 			gone = append(gone, b.id)
 			delete(p.backends, ep)
 			p.backendID.put(b.id)
+			continue
 		}
+		p.backends[ep] = b
 	}
 	return gone
 }

@@ -131,6 +131,9 @@ func Traffic(rounds, mib, conns int) (TrafficResult, error) {
 	err := guard(func(rt *runT) error {
 		node := netnstest.NewNode(rt)
 		server, client := node.AddPod(rt, "server"), node.AddPod(rt, "client")
+		// Tens of thousands of connects from one client to one server: a wide
+		// port range and TIME_WAIT reuse in the client pod (its own netns).
+		client.MustExec("sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000", "net.ipv4.tcp_tw_reuse=1")
 		if err := serve(rt, server); err != nil {
 			return err
 		}
@@ -211,7 +214,12 @@ func Traffic(rounds, mib, conns int) (TrafficResult, error) {
 // sink on 9000 (reads to EOF, answers one byte) and an echo on 9001.
 func serve(rt *runT, pod *netnstest.Pod) error {
 	handlers := map[int]func(net.Conn){
-		8080: func(c net.Conn) { _, _ = c.Write([]byte("server\n")) },
+		// The client closes first, so TIME_WAIT stays on its side, where
+		// tcp_tw_reuse lets the next connects reuse the ports.
+		8080: func(c net.Conn) {
+			_, _ = c.Write([]byte("server\n"))
+			_, _ = io.Copy(io.Discard, c)
+		},
 		9000: func(c net.Conn) {
 			_, _ = io.Copy(io.Discard, c)
 			_, _ = c.Write([]byte{1})

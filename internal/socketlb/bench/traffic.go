@@ -58,7 +58,7 @@ func measure(args []string) (PathResult, error) {
 	t0 := time.Now()
 	for i := 0; i < n; i++ {
 		t := time.Now()
-		c, err := net.DialTimeout("tcp", line, 2*time.Second)
+		c, err := net.DialTimeout("tcp", line, 5*time.Second)
 		if err != nil {
 			return r, fmt.Errorf("connect: %w", err)
 		}
