@@ -191,3 +191,38 @@ func TestDetectLocalMode(t *testing.T) {
 		}
 	}
 }
+
+// With nothing set, cluster mode and a configuration file start from
+// kube-proxy's conntrack defaults; standalone mode from nothing; an explicit
+// 0 leaves a value alone in every mode.
+func TestConntrackDefaults(t *testing.T) {
+	empty := filepath.Join(t.TempDir(), "empty.yaml")
+	if err := os.WriteFile(empty, []byte("apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	kp := conntrack.KubeProxyDefaults()
+	noMax := kp
+	noMax.MaxPerCore = 0
+	tests := []struct {
+		name  string
+		flags []string
+		want  conntrack.Settings
+	}{
+		{"cluster mode", []string{"--kubeconfig=/dev/null"}, kp},
+		{"an empty configuration file", []string{"--config", empty, "--kubeconfig=/dev/null"}, kp},
+		{"standalone", []string{"--manifests", t.TempDir()}, conntrack.Settings{}},
+		{"standalone with a configuration file", []string{"--manifests", t.TempDir(), "--config", empty}, kp},
+		{"cluster mode, the table left alone", []string{"--kubeconfig=/dev/null", "--conntrack-max-per-core=0"}, noMax},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, _, err := runOptions(t, tc.flags...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Conntrack != tc.want {
+				t.Errorf("conntrack = %+v, want %+v", c.Conntrack, tc.want)
+			}
+		})
+	}
+}

@@ -62,11 +62,11 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.LocalhostNodePorts, "localhost-nodeports", c.LocalhostNodePorts, "nftables mode: let NodePorts answer on 127.0.0.1 (sets net.ipv4.conf.all.route_localnet=1; see CVE-2020-8558)")
 	fs.DurationVar(&c.SyncPeriod, "sync-period", c.SyncPeriod, "The longest time between full syncs of the data plane")
 	fs.DurationVar(&c.MinSyncPeriod, "min-sync-period", c.MinSyncPeriod, "The shortest time between syncs (changes arriving faster are batched)")
-	fs.IntVar(&c.Conntrack.MaxPerCore, "conntrack-max-per-core", c.Conntrack.MaxPerCore, "nftables mode: raise nf_conntrack_max to this many entries per CPU (at least --conntrack-min); 0 leaves it alone")
-	fs.IntVar(&c.Conntrack.Min, "conntrack-min", c.Conntrack.Min, "nftables mode: the least nf_conntrack_max that --conntrack-max-per-core sets")
-	fs.DurationVar(&c.Conntrack.TCPEstablishedTimeout, "conntrack-tcp-timeout-established", c.Conntrack.TCPEstablishedTimeout, "nftables mode: conntrack timeout of established TCP connections (0: leave it)")
-	fs.DurationVar(&c.Conntrack.TCPCloseWaitTimeout, "conntrack-tcp-timeout-close-wait", c.Conntrack.TCPCloseWaitTimeout, "nftables mode: conntrack timeout of TCP connections in CLOSE_WAIT (0: leave it)")
-	fs.BoolVar(&c.Conntrack.TCPBeLiberal, "conntrack-tcp-be-liberal", c.Conntrack.TCPBeLiberal, "nftables mode: let conntrack accept out-of-window TCP packets instead of marking them invalid")
+	fs.IntVar(&c.Conntrack.MaxPerCore, "conntrack-max-per-core", c.Conntrack.MaxPerCore, "nftables mode: raise nf_conntrack_max to this many entries per CPU (at least --conntrack-min, at most 1Mi); 0 leaves it alone (default 32768 in cluster mode and with --config, as kube-proxy; 0 standalone)")
+	fs.IntVar(&c.Conntrack.Min, "conntrack-min", c.Conntrack.Min, "nftables mode: the least nf_conntrack_max that --conntrack-max-per-core sets (default 131072 in cluster mode and with --config)")
+	fs.DurationVar(&c.Conntrack.TCPEstablishedTimeout, "conntrack-tcp-timeout-established", c.Conntrack.TCPEstablishedTimeout, "nftables mode: conntrack timeout of established TCP connections; 0 leaves it alone (default 24h in cluster mode and with --config, as kube-proxy; 0 standalone)")
+	fs.DurationVar(&c.Conntrack.TCPCloseWaitTimeout, "conntrack-tcp-timeout-close-wait", c.Conntrack.TCPCloseWaitTimeout, "nftables mode: conntrack timeout of TCP connections in CLOSE_WAIT; 0 leaves it alone (default 1h in cluster mode and with --config, as kube-proxy; 0 standalone)")
+	fs.BoolVar(&c.Conntrack.TCPBeLiberal, "conntrack-tcp-be-liberal", c.Conntrack.TCPBeLiberal, "nftables mode: let conntrack accept out-of-window TCP packets instead of marking them invalid (kproxy drops INVALID forwarded packets instead; see internal/nftables)")
 	fs.DurationVar(&c.Conntrack.UDPTimeout, "conntrack-udp-timeout", c.Conntrack.UDPTimeout, "nftables mode: conntrack timeout of UDP entries without replies (0: leave it)")
 	fs.DurationVar(&c.Conntrack.UDPStreamTimeout, "conntrack-udp-timeout-stream", c.Conntrack.UDPStreamTimeout, "nftables mode: conntrack timeout of UDP entries with replies (0: leave it)")
 	fs.StringVar(&c.SocketLB, "socket-lb", c.SocketLB, "auto, on or off: the eBPF socket load balancer beside nftables, which picks the endpoint at connect() for the node's and its pods' sockets (no per-packet NAT). auto: on where the kernel, a cgroup v2 hierarchy and a bpf filesystem allow it (cluster mode; standalone mode defaults to off)")
@@ -92,6 +92,13 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 // complete turns the flags (and the config file) into the effective Config.
 func (o *options) complete(fs *pflag.FlagSet, warn func(string)) (config.Config, error) {
 	c := o.cfg
+	if c.Manifests == "" || o.configFile != "" {
+		// In cluster mode and with a KubeProxyConfiguration, an empty
+		// configuration means kube-proxy's defaults, so that kproxy as a
+		// drop-in leaves the node as kube-proxy would. Standalone, kproxy
+		// changes only what it is asked to.
+		conntrackDefaults(&c, fs)
+	}
 	if o.configFile != "" {
 		if err := applyKubeProxyConfiguration(o.configFile, &c, fs, warn); err != nil {
 			return c, err
@@ -388,8 +395,28 @@ func applyOOMScoreAdj(log *slog.Logger, v int) {
 	}
 }
 
+// conntrackDefaults fills the conntrack settings no flag set with
+// kube-proxy's defaults (a configuration file, read next, overrides them).
+func conntrackDefaults(c *config.Config, fs *pflag.FlagSet) {
+	d := conntrack.KubeProxyDefaults()
+	for _, f := range []struct {
+		flag  string
+		apply func()
+	}{
+		{"conntrack-max-per-core", func() { c.Conntrack.MaxPerCore = d.MaxPerCore }},
+		{"conntrack-min", func() { c.Conntrack.Min = d.Min }},
+		{"conntrack-tcp-timeout-established", func() { c.Conntrack.TCPEstablishedTimeout = d.TCPEstablishedTimeout }},
+		{"conntrack-tcp-timeout-close-wait", func() { c.Conntrack.TCPCloseWaitTimeout = d.TCPCloseWaitTimeout }},
+	} {
+		if !fs.Changed(f.flag) {
+			f.apply()
+		}
+	}
+}
+
 // applyConntrack sets the conntrack sysctls asked for, as kube-proxy does at
-// start. A failure is logged, not fatal: the proxy works with the kernel's values.
+// start, and logs every value it looked at. A failure is logged, not fatal
+// (kube-proxy exits): the proxy works with the kernel's values.
 func applyConntrack(log *slog.Logger, s conntrack.Settings, mode string) {
 	if s.Empty() {
 		return
@@ -398,9 +425,13 @@ func applyConntrack(log *slog.Logger, s conntrack.Settings, mode string) {
 		log.Warn("conntrack settings apply to the nftables mode only; ignored", "mode", mode)
 		return
 	}
-	changed, err := s.Apply()
-	for _, c := range changed {
-		log.Info("conntrack setting changed", "change", c)
+	vals, err := s.Apply()
+	for _, v := range vals {
+		if v.Changed {
+			log.Info("conntrack sysctl set", "name", v.Name, "value", v.Value, "was", v.Was)
+		} else {
+			log.Info("conntrack sysctl kept", "name", v.Name, "value", v.Value, "wanted", v.Wanted)
+		}
 	}
 	if err != nil {
 		log.Error("could not apply every conntrack setting", "err", err)

@@ -346,3 +346,149 @@ func Available() (bool, string) {
 	}
 	return true, ""
 }
+
+// LinkNodes connects two nodes with a veth pair ("n2n", 192.168.10.1 on a,
+// 192.168.10.2 on b) and routes each node's pod subnet to the other, as a
+// cluster's pod network does; b's default route and the uplink subnet go
+// through a, so that b reaches a's external client and the service ranges.
+// It returns the two link addresses (the nodes' InternalIPs).
+func LinkNodes(t T, a, b *Node) (linkA, linkB netip.Addr) {
+	t.Helper()
+	linkA, linkB = netip.MustParseAddr("192.168.10.1"), netip.MustParseAddr("192.168.10.2")
+	a.MustExec("ip", "link", "add", "n2n", "type", "veth", "peer", "name", "n2n", "netns", b.Name)
+	a.MustExec("ip", "addr", "add", linkA.String()+"/24", "dev", "n2n")
+	a.MustExec("ip", "link", "set", "n2n", "up")
+	b.MustExec("ip", "addr", "add", linkB.String()+"/24", "dev", "n2n")
+	b.MustExec("ip", "link", "set", "n2n", "up")
+	a.MustExec("ip", "route", "add", fmt.Sprintf("10.244.%d.0/24", b.Index), "via", linkB.String())
+	b.MustExec("ip", "route", "add", fmt.Sprintf("10.244.%d.0/24", a.Index), "via", linkA.String())
+	b.MustExec("ip", "route", "add", "192.168.100.0/24", "via", linkA.String())
+	b.MustExec("ip", "route", "add", "default", "via", linkA.String())
+	return linkA, linkB
+}
+
+// UDPFlow is a client that sends a datagram from one fixed source port every
+// interval, as a resolver or a metrics agent does, and records which server
+// answered last. Its socket is not connected, so ICMP errors (a service
+// without endpoints) do not stop it.
+type UDPFlow struct {
+	conn *net.UDPConn
+	dst  netip.AddrPort
+	stop chan struct{}
+	done sync.WaitGroup
+
+	mu      sync.Mutex
+	last    string
+	answers map[string]int
+	changed *sync.Cond
+}
+
+// StartUDPFlow starts a flow from the namespace's port srcPort to dst; t.Cleanup stops it.
+func (n *NS) StartUDPFlow(t T, srcPort uint16, dst netip.AddrPort, every time.Duration) *UDPFlow {
+	t.Helper()
+	f := &UDPFlow{dst: dst, stop: make(chan struct{}), answers: map[string]int{}}
+	f.changed = sync.NewCond(&f.mu)
+	err := n.Do(func() error {
+		network := "udp4"
+		if dst.Addr().Is6() {
+			network = "udp6"
+		}
+		c, err := net.ListenUDP(network, &net.UDPAddr{Port: int(srcPort)})
+		f.conn = c
+		return err
+	})
+	if err != nil {
+		t.Fatalf("udp flow from %s: %v", n.Name, err)
+	}
+	f.done.Add(2)
+	go func() {
+		defer f.done.Done()
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			_, _ = f.conn.WriteToUDPAddrPort([]byte("ping\n"), dst)
+			select {
+			case <-f.stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	go func() {
+		defer f.done.Done()
+		buf := make([]byte, 1500)
+		for {
+			n, _, err := f.conn.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				continue // an ICMP error: the flow goes on
+			}
+			name, _, _ := strings.Cut(strings.TrimSpace(string(buf[:n])), " ")
+			f.mu.Lock()
+			f.last = name
+			f.answers[name]++
+			f.changed.Broadcast()
+			f.mu.Unlock()
+		}
+	}()
+	t.Cleanup(f.Close)
+	return f
+}
+
+// Close stops the flow.
+func (f *UDPFlow) Close() {
+	select {
+	case <-f.stop:
+		return
+	default:
+	}
+	close(f.stop)
+	f.conn.Close()
+	f.done.Wait()
+	f.mu.Lock()
+	f.changed.Broadcast()
+	f.mu.Unlock()
+}
+
+// Reset forgets the answers seen so far.
+func (f *UDPFlow) Reset() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.last = ""
+	clear(f.answers)
+}
+
+// Answers returns how many answers each server gave since the last Reset.
+func (f *UDPFlow) Answers() map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[string]int, len(f.answers))
+	for k, v := range f.answers {
+		out[k] = v
+	}
+	return out
+}
+
+// WaitFor waits until server name answers, at most timeout, and returns how
+// long that took.
+func (f *UDPFlow) WaitFor(name string, timeout time.Duration) (time.Duration, error) {
+	start := time.Now()
+	timer := time.AfterFunc(timeout, func() {
+		f.mu.Lock()
+		f.changed.Broadcast()
+		f.mu.Unlock()
+	})
+	defer timer.Stop()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for f.last != name {
+		if time.Since(start) >= timeout {
+			return time.Since(start), fmt.Errorf("udp flow to %s: no answer from %s within %v (last answer from %q; answers %v)",
+				f.dst, name, timeout, f.last, f.answers)
+		}
+		f.changed.Wait()
+	}
+	return time.Since(start), nil
+}

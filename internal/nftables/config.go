@@ -35,8 +35,17 @@ type Config struct {
 	// NetNSPath, if set, programs the network namespace at that path (for example
 	// /run/netns/x or /proc/PID/ns/net) instead of the caller's.
 	NetNSPath string
-	// ConntrackCleanup deletes stale UDP conntrack entries; default true.
+	// ConntrackCleanup reconciles the UDP conntrack entries of service
+	// frontends with the serving endpoints after syncs; default true.
 	ConntrackCleanup *bool
+	// ConntrackInterval is the least time between two reconcile passes, and
+	// the delay of the follow-up pass after a sync; default one second.
+	ConntrackInterval time.Duration
+	// AcceptInvalid leaves out the rule that drops forwarded packets
+	// conntrack marks INVALID. New sets it when nf_conntrack_tcp_be_liberal
+	// is on in the namespace (conntrack then marks almost nothing INVALID),
+	// as kube-proxy's iptables mode does.
+	AcceptInvalid bool
 	// RebuildPeriod: a full sync at least this long after the last rebuild
 	// flushes kproxy's sets and maps and loads every element again (in one
 	// atomic transaction), instead of diffing against what kproxy wrote. That
@@ -60,6 +69,9 @@ func (c *Config) Defaults() {
 	}
 	if c.RebuildPeriod == 0 {
 		c.RebuildPeriod = time.Hour
+	}
+	if c.ConntrackInterval <= 0 {
+		c.ConntrackInterval = time.Second
 	}
 	if c.ConntrackCleanup == nil {
 		t := true

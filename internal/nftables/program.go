@@ -40,6 +40,7 @@ const (
 	prioCheck        = -110
 	prioCheckOutput  = -90
 	ctStateNew       = 1 << 3 // NF_CT_STATE_BIT(IP_CT_NEW)
+	ctStateInvalid   = 1 << 0 // NF_CT_STATE_INVALID_BIT
 	ctStatusDNAT     = 1 << 5 // IPS_DST_NAT
 	rtnLocal         = 2      // RTN_LOCAL, what "fib daddr type local" compares with
 	dynsetOpUpdate   = 1      // NFT_DYNSET_OP_UPDATE: add, or refresh the timeout
@@ -295,7 +296,22 @@ func (p *program) rules(chain string) [][]expr.Any {
 		}
 	case chainFilterPrerouting, chainFilterOutput:
 		return [][]expr.Any{cat(ctStateNewExprs(), []expr.Any{verdict(expr.VerdictJump, chainFirewall)})}
-	case chainFilterOutputPost, chainFilterInput, chainFilterForward:
+	case chainFilterForward:
+		rules := [][]expr.Any{cat(ctStateNewExprs(), []expr.Any{verdict(expr.VerdictJump, chainEndpointsCheck)})}
+		if !cfg.AcceptInvalid {
+			// A forwarded packet conntrack calls INVALID (a TCP segment
+			// far outside the window) is not un-DNATed: it would reach a
+			// pod from an endpoint's own address, and the pod's reset
+			// would kill the real connection (README.md, "INVALID packets").
+			rules = append([][]expr.Any{{
+				&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(ctStateInvalid), Xor: native32(0)},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: native32(0)},
+				&expr.Verdict{Kind: expr.VerdictDrop},
+			}}, rules...)
+		}
+		return rules
+	case chainFilterOutputPost, chainFilterInput:
 		return [][]expr.Any{cat(ctStateNewExprs(), []expr.Any{verdict(expr.VerdictJump, chainEndpointsCheck)})}
 	case chainServices:
 		var rules [][]expr.Any

@@ -27,16 +27,30 @@ type Proxier struct {
 	cfg Config
 	m   *metrics.Metrics
 	k   kernel
-	ct  conntrack.Cleaner
 	log *slog.Logger
 
-	mu       sync.Mutex
-	fams     []family
-	stores   map[family]*store
-	ports    map[model.ServicePortName]*portRecord
-	chains   map[family]map[string]bool // chains the kernel has, after the last success
-	sets     map[family]map[string]bool
-	needFull bool
+	// ctTable is the conntrack table the UDP reconcile works on (nil: off);
+	// ctWorker runs the passes after syncs, ctPass serializes them.
+	ctTable  conntrack.Table
+	ctWorker *ctWorker
+	ctPass   sync.Mutex
+
+	mu     sync.Mutex
+	fams   []family
+	stores map[family]*store
+	ports  map[model.ServicePortName]*portRecord
+	// ctIndex maps the UDP frontends of ports to their names; ctGone holds
+	// the frontends of removed ports for a few passes.
+	// ctMu guards them and ctNodeAddrs (the node's addresses for the
+	// reconcile), apart from mu, so that a pass's matching never holds off a
+	// sync's work, only its last step, the index update.
+	ctMu        sync.RWMutex
+	ctIndex     ctIndex
+	ctGone      map[ctKey]int
+	ctNodeAddrs []netip.Addr
+	chains      map[family]map[string]bool // chains the kernel has, after the last success
+	sets        map[family]map[string]bool
+	needFull    bool
 	// nodeAddrs are the node's addresses the stores' elements were built
 	// with; when they change the next sync is full.
 	nodeAddrs []netip.Addr
@@ -71,14 +85,14 @@ func New(cfg Config, m *metrics.Metrics) (*Proxier, error) {
 	if err != nil {
 		return nil, err
 	}
-	var ct conntrack.Cleaner
+	var ct conntrack.Table
 	if *cfg.ConntrackCleanup {
-		n, err := conntrack.NewNetlink(cfg.NetNSPath)
+		s, err := conntrack.NewSocket(cfg.NetNSPath)
 		if err != nil {
 			k.Close()
 			return nil, err
 		}
-		ct = n
+		ct = s
 	}
 	if cfg.LocalhostNodePorts && cfg.hasFamily(v1.IPv4Protocol) {
 		// NodePorts on 127.0.0.1 are DNATed to pod addresses; the kernel drops
@@ -89,7 +103,20 @@ func New(cfg Config, m *metrics.Metrics) (*Proxier, error) {
 			return nil, err
 		}
 	}
+	if !cfg.AcceptInvalid {
+		// With tcp_be_liberal conntrack marks only out-of-window resets
+		// INVALID: no drop rule, as kube-proxy's iptables mode decides.
+		if v, err := readSysctl(cfg.NetNSPath, "net/netfilter/nf_conntrack_tcp_be_liberal"); err == nil && v == "1" {
+			cfg.AcceptInvalid = true
+		}
+	}
 	p := newProxier(cfg, m, k, ct)
+	if cfg.AcceptInvalid {
+		p.log.Info("not dropping INVALID forwarded packets", "reason", "nf_conntrack_tcp_be_liberal is 1, or AcceptInvalid")
+	}
+	if ct != nil {
+		p.startConntrackWorker()
+	}
 	p.newReader = func() (kernel, error) {
 		r, err := newNetlinkKernel(&p.cfg)
 		if err != nil {
@@ -107,17 +134,25 @@ func NewFake(cfg Config, m *metrics.Metrics) (*Proxier, *Fake, error) {
 		return nil, nil, fmt.Errorf("nftables config: %w", err)
 	}
 	f := NewFakeKernel()
-	return newProxier(cfg, m, f, &conntrack.Fake{}), f, nil
+	var ct conntrack.Table
+	if *cfg.ConntrackCleanup {
+		ct = &conntrack.FakeTable{}
+	}
+	return newProxier(cfg, m, f, ct), f, nil
 }
 
-func newProxier(cfg Config, m *metrics.Metrics, k kernel, ct conntrack.Cleaner) *Proxier {
+// newProxier returns a Proxier; with a conntrack table, ReconcileConntrack
+// works on it, and the caller starts the worker if it wants passes after syncs.
+func newProxier(cfg Config, m *metrics.Metrics, k kernel, ct conntrack.Table) *Proxier {
 	p := &Proxier{
-		cfg: cfg, m: m, k: k, ct: ct,
-		log:    cfg.Logger,
-		stores: map[family]*store{},
-		ports:  map[model.ServicePortName]*portRecord{},
-		chains: map[family]map[string]bool{},
-		sets:   map[family]map[string]bool{},
+		cfg: cfg, m: m, k: k, ctTable: ct,
+		log:     cfg.Logger,
+		stores:  map[family]*store{},
+		ports:   map[model.ServicePortName]*portRecord{},
+		ctIndex: ctIndex{},
+		ctGone:  map[ctKey]int{},
+		chains:  map[family]map[string]bool{},
+		sets:    map[family]map[string]bool{},
 	}
 	if p.log == nil {
 		p.log = slog.Default()
@@ -136,12 +171,26 @@ func newProxier(cfg Config, m *metrics.Metrics, k kernel, ct conntrack.Cleaner) 
 }
 
 func setSysctl(nsPath, key, value string) error {
-	write := func() error {
+	return inNetNS(nsPath, func() error {
 		if err := os.WriteFile("/proc/sys/"+key, []byte(value), 0o644); err != nil {
 			return fmt.Errorf("set sysctl %s: %w", strings.ReplaceAll(key, "/", "."), err)
 		}
 		return nil
-	}
+	})
+}
+
+func readSysctl(nsPath, key string) (string, error) {
+	var v string
+	err := inNetNS(nsPath, func() error {
+		data, err := os.ReadFile("/proc/sys/" + key)
+		v = strings.TrimSpace(string(data))
+		return err
+	})
+	return v, err
+}
+
+// inNetNS runs fn in the network namespace at nsPath ("" for the caller's).
+func inNetNS(nsPath string, write func() error) error {
 	if nsPath == "" {
 		return write()
 	}
@@ -168,7 +217,8 @@ func setSysctl(nsPath, key, value string) error {
 // Close releases kproxy's netlink sockets. The rules stay in the kernel so that
 // a restarted kproxy takes over without a gap.
 func (p *Proxier) Close() error {
-	if c, ok := p.ct.(*conntrack.Netlink); ok {
+	p.stopConntrackWorker()
+	if c, ok := p.ctTable.(*conntrack.Socket); ok {
 		c.Close()
 	}
 	p.readMu.Lock()
@@ -282,10 +332,12 @@ func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, full bool) err
 	full = full || p.needFull || !slices.Equal(p.nodeAddrs, snap.Node.Addresses)
 	var err error
 	var changed int
+	var ct ctWork // the UDP frontends whose conntrack entries need a look
 	if full {
 		changed, err = p.syncFull(ctx, snap)
+		ct.full = true
 	} else {
-		changed, err = p.syncPartial(ctx, snap)
+		changed, ct, err = p.syncPartial(ctx, snap)
 	}
 	d := time.Since(start)
 	if err != nil {
@@ -303,6 +355,13 @@ func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, full bool) err
 	}
 	p.needFull = false
 	p.nodeAddrs = slices.Clone(snap.Node.Addresses)
+	p.ctMu.Lock()
+	p.ctNodeAddrs = p.nodeAddrs // replaced, never changed in place
+	p.ctMu.Unlock()
+	// After the commit, off the sync path: the worker lists the table (or
+	// the changed frontends' entries) and deletes what no longer matches
+	// (conntrack.go).
+	p.kickConntrack(ct)
 	// The runner logs one line per sync; this is the data plane's detail.
 	p.log.Debug("nftables synced", "full", full, "ports", len(snap.Ports), "changed", changed, "took", d)
 	return nil
@@ -336,9 +395,11 @@ func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, erro
 		}
 	}
 	records := make(map[model.ServicePortName]*portRecord, len(snap.Ports))
+	index := ctIndex{}
 	scratch := &contribution{elems: map[string][]Element{}}
 	for name, pv := range snap.Ports {
 		records[name] = &portRecord{pv: pv}
+		index.add(name, pv)
 		for _, f := range p.fams {
 			stores[f].apply(buildPort(&p.cfg, f, pv, snap.Node.Addresses, scratch), true)
 		}
@@ -360,16 +421,22 @@ func (p *Proxier) syncFull(ctx context.Context, snap *model.Snapshot) (int, erro
 	if rebuild {
 		p.lastRebuild = time.Now()
 	}
-	old := p.ports
 	p.stores, p.ports, p.chains, p.sets = stores, records, chains, sets
+	p.ctMu.Lock()
+	for k := range p.ctIndex {
+		if _, ok := index[k]; !ok {
+			// A frontend that went away: its entries must go too.
+			p.ctGone[k] = ctGonePasses
+		}
+	}
+	p.ctIndex = index
+	p.ctMu.Unlock()
 	if len(records) >= bigTable {
 		// A full sync of a big table leaves a heap of garbage (the netlink batch,
 		// every port's elements) that the runtime would keep mapped until the
 		// next cycles; return it now so that peak RSS stays near one sync's worth.
 		debug.FreeOSMemory()
 	}
-
-	p.cleanupConntrack(old, records, nil)
 	return len(records), nil
 }
 
@@ -563,7 +630,7 @@ func chainMatches(name string, ci ChainInfo) bool {
 	return ci.Hook == ""
 }
 
-func (p *Proxier) syncPartial(ctx context.Context, snap *model.Snapshot) (int, error) {
+func (p *Proxier) syncPartial(ctx context.Context, snap *model.Snapshot) (int, ctWork, error) {
 	records := map[model.ServicePortName]*portRecord{}
 	for name := range snap.Changed {
 		old := p.ports[name]
@@ -627,133 +694,39 @@ func (p *Proxier) syncPartial(ctx context.Context, snap *model.Snapshot) (int, e
 		newChains[f], newSets[f] = wantChains, wantSets
 	}
 	if err := p.k.Apply(ctx, tx); err != nil {
-		return 0, err
+		return 0, ctWork{}, err
 	}
 	for _, f := range p.fams {
 		p.stores[f].commit()
 	}
 	p.chains, p.sets = newChains, newSets
-	old := map[model.ServicePortName]*portRecord{}
+	var ct ctWork
+	touch := func(pv *model.PortView) {
+		keys := map[ctKey]struct{}{}
+		for _, k := range ctFrontends(pv) {
+			keys[k] = struct{}{}
+		}
+		ct.merge(ctWork{keys: keys})
+	}
+	p.ctMu.Lock()
+	defer p.ctMu.Unlock()
 	for name, rec := range records {
-		old[name] = p.ports[name]
+		if old := p.ports[name]; old != nil {
+			touch(old.pv)
+			p.ctIndex.remove(name, old.pv)
+			// Frontends the port no longer has (all, if it went): the
+			// index no longer claims them, and their entries must go.
+			p.forgetFrontends(old.pv)
+		}
 		if rec == nil {
 			delete(p.ports, name)
 		} else {
+			touch(rec.pv)
+			p.ctIndex.add(name, rec.pv)
 			p.ports[name] = rec
 		}
 	}
-	p.cleanupConntrack(old, records, snap.Changed)
-	return len(records), nil
-}
-
-// cleanupConntrack deletes UDP conntrack entries made stale by the sync: those
-// pointing at endpoints that are gone, and those created while a frontend had no
-// endpoints (which would otherwise keep being rejected or blackholed).
-func (p *Proxier) cleanupConntrack(old, cur map[model.ServicePortName]*portRecord, only map[model.ServicePortName]struct{}) {
-	if p.ct == nil {
-		return
-	}
-	var filters []conntrack.Filter
-	consider := func(name model.ServicePortName) {
-		o, n := old[name], cur[name]
-		if o == nil || o.pv.Protocol != v1.ProtocolUDP {
-			return // a new port has nothing stale; TCP and SCTP connections fail on their own
-		}
-		var nInternal, nExternal []*model.Endpoint
-		if n != nil {
-			nInternal, nExternal = n.pv.InternalEndpoints(), n.pv.ExternalEndpoints()
-		}
-		filters = append(filters, staleFilters(o.pv, o.pv.InternalEndpoints(), nInternal, internalFrontends(o.pv))...)
-		filters = append(filters, staleFilters(o.pv, o.pv.ExternalEndpoints(), nExternal, externalFrontends(o.pv))...)
-		if o.pv.ExternalPolicyLocal {
-			// Pods and the node reach ETP Local frontends through the
-			// short-circuit, to the cluster-wide endpoints: those flows go
-			// stale with them, on the external frontends.
-			var nShort []*model.Endpoint
-			if n != nil && n.pv.ExternalPolicyLocal {
-				nShort = n.pv.Cluster
-			}
-			filters = append(filters, staleFilters(o.pv, o.pv.Cluster, nShort, externalFrontends(o.pv))...)
-		}
-	}
-	if only != nil {
-		for name := range only {
-			consider(name)
-		}
-	} else {
-		for name := range old {
-			consider(name)
-		}
-	}
-	if len(filters) == 0 {
-		return
-	}
-	n, err := p.ct.Delete(filters)
-	if p.m != nil {
-		p.m.ConntrackCleanupEntriesTotal.Add(float64(n))
-		if err != nil {
-			p.m.ConntrackCleanupFailuresTotal.Inc()
-		}
-	}
-	if err != nil {
-		p.log.Warn("conntrack cleanup failed", "err", err)
-	}
-}
-
-type ctFrontend struct {
-	addr netip.Addr // invalid for NodePorts
-	port uint16
-}
-
-func internalFrontends(pv *model.PortView) []ctFrontend {
-	var out []ctFrontend
-	for _, ip := range pv.ClusterIPs {
-		out = append(out, ctFrontend{ip, uint16(pv.Port)})
-	}
-	return out
-}
-
-func externalFrontends(pv *model.PortView) []ctFrontend {
-	var out []ctFrontend
-	for _, ip := range slices.Concat(pv.ExternalIPs, pv.LoadBalancerIPs) {
-		out = append(out, ctFrontend{ip, uint16(pv.Port)})
-	}
-	if pv.NodePort != 0 {
-		out = append(out, ctFrontend{netip.Addr{}, uint16(pv.NodePort)})
-	}
-	return out
-}
-
-// staleFilters compares a frontend group's endpoints before and after.
-func staleFilters(pv *model.PortView, before, after []*model.Endpoint, fes []ctFrontend) []conntrack.Filter {
-	if pv.Protocol != v1.ProtocolUDP {
-		return nil
-	}
-	var out []conntrack.Filter
-	if len(before) == 0 && len(after) > 0 {
-		for _, fe := range fes {
-			if fe.addr.IsValid() {
-				out = append(out, conntrack.Filter{Proto: protoUDP, OrigDst: fe.addr, OrigDstPort: fe.port})
-				continue
-			}
-			// A NodePort: any node address, both families.
-			out = append(out, conntrack.Filter{Proto: protoUDP, OrigDstPort: fe.port},
-				conntrack.Filter{Proto: protoUDP, OrigDstPort: fe.port, IPv6: true})
-		}
-		return out
-	}
-	for _, ep := range before {
-		if slices.ContainsFunc(after, func(x *model.Endpoint) bool { return x.IP == ep.IP && x.Port == ep.Port }) {
-			continue
-		}
-		for _, fe := range fes {
-			if fe.addr.IsValid() && model.FamilyOf(fe.addr) != ep.Family() {
-				continue
-			}
-			out = append(out, conntrack.Filter{Proto: protoUDP, OrigDst: fe.addr, OrigDstPort: fe.port, ReplySrc: ep.IP})
-		}
-	}
-	return out
+	return len(records), ct, nil
 }
 
 // Trace reads the kernel's tables and runs a packet through them; localAddrs

@@ -36,7 +36,7 @@ type flow struct {
 	masq     bool
 }
 
-func newFake(t *testing.T, mod func(*Config)) (*Proxier, *Fake, *conntrack.Fake) {
+func newFake(t *testing.T, mod func(*Config)) (*Proxier, *Fake, *conntrack.FakeTable) {
 	t.Helper()
 	cfg := Config{ClusterCIDRs: clusterCIDRs, Logger: slog.New(slog.DiscardHandler)}
 	if mod != nil {
@@ -46,7 +46,7 @@ func newFake(t *testing.T, mod func(*Config)) (*Proxier, *Fake, *conntrack.Fake)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return p, k, p.ct.(*conntrack.Fake)
+	return p, k, p.ctTable.(*conntrack.FakeTable)
 }
 
 func traceFlow(t *testing.T, p *Proxier, f flow) TraceResult {
@@ -281,7 +281,7 @@ func TestRestartTakesOverAndRemovesLeftovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A new kproxy on the same kernel, whose model lost "gone".
-	p2 := newProxier(p.Config(), nil, k, &conntrack.Fake{})
+	p2 := newProxier(p.Config(), nil, k, &conntrack.FakeTable{})
 	w2 := newWorld(t)
 	w2.service(makeService("keep", clusterIP("10.96.0.10")), makeSlice("keep", 8080, v1.ProtocolTCP, ep{ip: "10.244.0.2"}))
 	if err := p2.Sync(context.Background(), w2.snap(), true); err != nil {
@@ -305,33 +305,152 @@ func TestRestartTakesOverAndRemovesLeftovers(t *testing.T) {
 	})
 }
 
-func TestStaleUDPConntrack(t *testing.T) {
+func ctFlow(src, dst string, dport uint16, reply string, rport uint16) conntrack.Flow {
+	return conntrack.Flow{Proto: protoUDP, OrigSrc: netip.MustParseAddr(src), OrigSrcPort: 40000,
+		OrigDst: netip.MustParseAddr(dst), OrigDstPort: dport, ReplySrc: netip.MustParseAddr(reply), ReplySrcPort: rport}
+}
+
+// The reconcile keeps the UDP entries DNATed to a serving endpoint of their
+// frontend's port, whatever the traffic policy or terminating state, and
+// deletes the others: endpoints gone or not serving, an old target port,
+// entries made while the port had no endpoints, entries of a removed service.
+// It leaves alone what is not a service's.
+func TestConntrackReconcile(t *testing.T) {
 	p, _, ct := newFake(t, nil)
 	w := newWorld(t)
 	udp := v1.ProtocolUDP
-	dns := combine(clusterIP("10.96.0.53"), func(s *v1.Service) { s.Spec.Ports[0].Protocol = udp })
-	w.service(makeService("dns", dns))
+	w.service(makeService("dns", combine(clusterIP("10.96.0.53"), nodePort(30053, true), func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeLoadBalancer
+		s.Spec.Ports[0].Protocol = udp
+		s.Spec.IPFamilies = []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}
+		s.Spec.ClusterIPs = []string{"10.96.0.53", "fd00:10:96::53"}
+		s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "192.168.201.53"}}
+	})), makeSlice("dns", 53, udp, ep{ip: "10.244.1.2", node: "node-b"}, ep{ip: "10.244.1.3", node: "node-b", terminating: true},
+		ep{ip: "10.244.1.4", node: "node-b", notReady: true}),
+		withName(makeSlice("dns", 53, udp, ep{ip: "fd00:10:244:1::2", node: "node-b"}), "dns-v6"))
+	w.service(makeService("empty", combine(clusterIP("10.96.0.54"), func(s *v1.Service) { s.Spec.Ports[0].Protocol = udp })))
+	w.service(makeService("web", clusterIP("10.96.0.10")), makeSlice("web", 8080, v1.ProtocolTCP, ep{ip: "10.244.1.2"}))
+	w.service(makeService("old", combine(clusterIP("10.96.0.55"), func(s *v1.Service) { s.Spec.Ports[0].Protocol = udp })),
+		makeSlice("old", 53, udp, ep{ip: "10.244.1.7"}))
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: testNode}}
+	node.Status.Addresses = []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "192.168.100.1"}}
+	w.tr.OnNodeUpdate(nil, node)
 	if err := p.Sync(context.Background(), w.snap(), true); err != nil {
 		t.Fatal(err)
 	}
-	// 0 → 1 endpoint: entries made while it was rejected must go.
-	w.tr.OnEndpointSliceAdd(makeSlice("dns", 53, udp, ep{ip: "10.244.0.2"}, ep{ip: "10.244.0.3"}))
+	w.tr.OnServiceDelete(makeService("old", combine(clusterIP("10.96.0.55"), func(s *v1.Service) { s.Spec.Ports[0].Protocol = udp })))
 	if err := p.Sync(context.Background(), w.snap(), false); err != nil {
 		t.Fatal(err)
 	}
-	want := []conntrack.Filter{{Proto: protoUDP, OrigDst: netip.MustParseAddr("10.96.0.53"), OrigDstPort: 80}}
-	if got := ct.Filters(); !slices.Equal(got, want) {
-		t.Errorf("after 0→2 endpoints: filters %v, want %v", got, want)
+	entries := []struct {
+		name string
+		f    conntrack.Flow
+		keep bool
+	}{
+		{"cluster IP to a ready endpoint", ctFlow("10.244.0.9", "10.96.0.53", 80, "10.244.1.2", 53), true},
+		{"cluster IP to a serving terminating endpoint", ctFlow("10.244.0.9", "10.96.0.53", 80, "10.244.1.3", 53), true},
+		{"cluster IP to a not serving endpoint", ctFlow("10.244.0.9", "10.96.0.53", 80, "10.244.1.4", 53), false},
+		{"cluster IP to a gone endpoint", ctFlow("10.244.0.9", "10.96.0.53", 80, "10.244.1.9", 53), false},
+		{"cluster IP to the old target port", ctFlow("10.244.0.9", "10.96.0.53", 80, "10.244.1.2", 5353), false},
+		{"cluster IP, made without endpoints (not DNATed)", ctFlow("10.244.0.9", "10.96.0.53", 80, "10.96.0.53", 80), false},
+		{"IPv6 cluster IP to a ready endpoint", ctFlow("fd00:10:244::9", "fd00:10:96::53", 80, "fd00:10:244:1::2", 53), true},
+		{"IPv6 cluster IP to a gone endpoint", ctFlow("fd00:10:244::9", "fd00:10:96::53", 80, "fd00:10:244:1::9", 53), false},
+		{"load-balancer IP to a gone endpoint", ctFlow("192.168.100.2", "192.168.201.53", 80, "10.244.1.9", 53), false},
+		{"load-balancer IP to a ready endpoint", ctFlow("192.168.100.2", "192.168.201.53", 80, "10.244.1.2", 53), true},
+		{"NodePort to a gone endpoint", ctFlow("192.168.100.2", "192.168.100.1", 30053, "10.244.1.9", 53), false},
+		{"NodePort to a ready endpoint", ctFlow("192.168.100.2", "192.168.100.1", 30053, "10.244.1.2", 53), true},
+		{"NodePort on the node, not DNATed", ctFlow("192.168.100.2", "192.168.100.1", 30053, "192.168.100.1", 30053), false},
+		{"a remote host on the NodePort's number", ctFlow("10.244.0.9", "192.0.2.7", 30053, "192.0.2.7", 30053), true},
+		{"a service without endpoints", ctFlow("10.244.0.9", "10.96.0.54", 80, "10.96.0.54", 80), false},
+		{"a removed service", ctFlow("10.244.0.9", "10.96.0.55", 80, "10.244.1.7", 53), false},
+		{"not a service", ctFlow("10.244.0.9", "10.96.0.99", 80, "10.244.1.9", 53), true},
+		{"another port of the cluster IP", ctFlow("10.244.0.9", "10.96.0.53", 81, "10.244.1.9", 53), true},
 	}
-	// An endpoint removed: its entries go.
-	w.tr.OnEndpointSliceUpdate(nil, makeSlice("dns", 53, udp, ep{ip: "10.244.0.3"}))
-	if err := p.Sync(context.Background(), w.snap(), false); err != nil {
+	for _, e := range entries {
+		ct.Flows = append(ct.Flows, e.f)
+	}
+	tcp := ctFlow("10.244.0.9", "10.96.0.10", 80, "10.244.1.9", 8080)
+	tcp.Proto = protoTCP
+	ct.Flows = append(ct.Flows, tcp)
+	// A targeted pass (after a change of one frontend) looks at its entries only.
+	lb := ctKey{netip.MustParseAddr("192.168.201.53"), 80}
+	if n, err := p.reconcile(map[ctKey]struct{}{lb: {}}); n != 1 || err != nil {
+		t.Errorf("pass over %v: deleted %d, %v; want the 1 stale entry of that frontend", lb, n, err)
+	}
+	n, err := p.ReconcileConntrack()
+	n++ // the load-balancer IP's, deleted by the targeted pass
+	if err != nil {
 		t.Fatal(err)
 	}
-	want = []conntrack.Filter{{Proto: protoUDP, OrigDst: netip.MustParseAddr("10.96.0.53"), OrigDstPort: 80, ReplySrc: netip.MustParseAddr("10.244.0.2")}}
-	if got := ct.Filters(); !slices.Equal(got, want) {
-		t.Errorf("after removing an endpoint: filters %v, want %v", got, want)
+	want := 0
+	for _, e := range entries {
+		if kept := slices.Contains(ct.Flows, e.f); kept != e.keep {
+			t.Errorf("%s (%v): kept %v, want %v", e.name, e.f, kept, e.keep)
+		}
+		if !e.keep {
+			want++
+		}
 	}
+	if n != want {
+		t.Errorf("deleted %d, want %d", n, want)
+	}
+	if !slices.Contains(ct.Flows, tcp) {
+		t.Errorf("a TCP entry was deleted")
+	}
+	// A removed service's frontends are looked at for three passes only.
+	gone := entries[len(entries)-3].f
+	for pass := 3; pass <= 4; pass++ { // the targeted and the full pass above were 1 and 2
+		ct.Flows = append(ct.Flows, gone)
+		if _, err := p.ReconcileConntrack(); err != nil {
+			t.Fatal(err)
+		}
+		if kept := slices.Contains(ct.Flows, gone); kept != (pass == 4) {
+			t.Errorf("pass %d: a removed service's entry kept %v, want %v", pass, kept, pass == 4)
+		}
+	}
+}
+
+// The index follows partial syncs: a new endpoint keeps its entries, a
+// changed target port drops the old ones, a NodePort taken away stops
+// matching.
+func TestConntrackIndexFollowsPartialSyncs(t *testing.T) {
+	p, _, ct := newFake(t, nil)
+	w := newWorld(t)
+	udp := v1.ProtocolUDP
+	svc := makeService("dns", combine(clusterIP("10.96.0.53"), nodePort(30053, false), func(s *v1.Service) { s.Spec.Ports[0].Protocol = udp }))
+	w.service(svc, makeSlice("dns", 53, udp, ep{ip: "10.244.1.2"}))
+	if err := p.Sync(context.Background(), w.snap(), true); err != nil {
+		t.Fatal(err)
+	}
+	step := func(name string, flows []conntrack.Flow, wantLeft []conntrack.Flow) {
+		t.Helper()
+		if err := p.Sync(context.Background(), w.snap(), false); err != nil {
+			t.Fatal(err)
+		}
+		ct.Flows = slices.Clone(flows)
+		if _, err := p.ReconcileConntrack(); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(ct.Flows, wantLeft) {
+			t.Errorf("%s: left %v, want %v", name, ct.Flows, wantLeft)
+		}
+	}
+	a := ctFlow("10.244.0.9", "10.96.0.53", 80, "10.244.1.2", 53)
+	b := ctFlow("10.244.0.9", "10.96.0.53", 80, "10.244.1.3", 53)
+	b2 := ctFlow("10.244.0.9", "10.96.0.53", 80, "10.244.1.3", 5353)
+	np := ctFlow("192.168.100.2", "192.168.100.1", 30053, "10.244.1.9", 53)
+	w.tr.OnEndpointSliceUpdate(nil, makeSlice("dns", 53, udp, ep{ip: "10.244.1.3"}))
+	step("endpoint replaced", []conntrack.Flow{a, b, np}, []conntrack.Flow{b})
+	w.tr.OnEndpointSliceUpdate(nil, makeSlice("dns", 5353, udp, ep{ip: "10.244.1.3"}))
+	step("target port changed", []conntrack.Flow{b, b2}, []conntrack.Flow{b2})
+	svc2 := svc.DeepCopy()
+	svc2.Spec.Type = v1.ServiceTypeClusterIP
+	svc2.Spec.Ports[0].NodePort = 0
+	w.tr.OnServiceUpdate(svc, svc2)
+	// The NodePort went away with the change: its entries go, even to a
+	// serving endpoint, as with a removed service.
+	np2 := ctFlow("192.168.100.2", "192.168.100.1", 30053, "10.244.1.3", 5353)
+	step("NodePort removed", []conntrack.Flow{b2, np2}, []conntrack.Flow{b2})
 }
 
 func TestDumpDecodesElements(t *testing.T) {
@@ -434,37 +553,6 @@ func TestSourceRangesFollowNodeAddresses(t *testing.T) {
 		}
 		fromVIP.name, fromVIP.want, fromVIP.masq = st.name, st.want, true
 		checkFlows(t, p, []flow{fromVIP})
-	}
-}
-
-// Pods and the node reach an ETP Local load balancer IP through the
-// short-circuit, to the cluster-wide endpoints: when one of those goes, its
-// UDP entries on the load balancer IP go too, although this node never had it
-// as a local endpoint.
-func TestStaleUDPConntrackShortCircuit(t *testing.T) {
-	p, _, ct := newFake(t, nil)
-	w := newWorld(t)
-	udp := v1.ProtocolUDP
-	w.service(makeService("dns", combine(clusterIP("10.96.0.53"), nodePort(30053, true), func(s *v1.Service) {
-		s.Spec.Type = v1.ServiceTypeLoadBalancer
-		s.Spec.Ports[0].Protocol = udp
-		s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "192.168.201.53"}}
-	})), makeSlice("dns", 53, udp, ep{ip: "10.244.1.2", node: "node-b"}, ep{ip: "10.244.1.3", node: "node-b"}))
-	if err := p.Sync(context.Background(), w.snap(), true); err != nil {
-		t.Fatal(err)
-	}
-	w.tr.OnEndpointSliceUpdate(nil, makeSlice("dns", 53, udp, ep{ip: "10.244.1.3", node: "node-b"}))
-	if err := p.Sync(context.Background(), w.snap(), false); err != nil {
-		t.Fatal(err)
-	}
-	gone := netip.MustParseAddr("10.244.1.2")
-	want := []conntrack.Filter{
-		{Proto: protoUDP, OrigDst: netip.MustParseAddr("10.96.0.53"), OrigDstPort: 80, ReplySrc: gone},
-		{Proto: protoUDP, OrigDst: netip.MustParseAddr("192.168.201.53"), OrigDstPort: 80, ReplySrc: gone},
-		{Proto: protoUDP, OrigDstPort: 30053, ReplySrc: gone},
-	}
-	if got := ct.Filters(); !slices.Equal(got, want) {
-		t.Errorf("filters %v, want %v", got, want)
 	}
 }
 

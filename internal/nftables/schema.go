@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -44,6 +45,14 @@ func (f family) zero() netip.Addr {
 		return netip.IPv6Unspecified()
 	}
 	return netip.IPv4Unspecified()
+}
+
+// ctFamily is the family's number for ctnetlink.
+func (f family) ctFamily() uint8 {
+	if f.addrSz == 4 {
+		return unix.AF_INET
+	}
+	return unix.AF_INET6
 }
 
 func (f family) contains(a netip.Addr) bool { return a.Is4() == (f.addrSz == 4) }
