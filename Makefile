@@ -7,12 +7,24 @@ BIN := $(CURDIR)/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/kproxy/kproxy/internal/app.Version=$(VERSION)
 
-.PHONY: all build demo test test-unit setup bench bench-nftables bench-socketlb bench-userspace bench-dns lint clean
+.PHONY: all build image demo test test-unit setup bench bench-nftables bench-socketlb bench-userspace bench-dns lint clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
+
+# image writes bin/kproxy-image.tar, kproxy's container image, with no container
+# engine: the static binary (the flags deploy/Dockerfile uses) in one layer on no
+# base image, named $(IMAGE). `ctr -n k8s.io images import bin/kproxy-image.tar`
+# or `docker load -i bin/kproxy-image.tar` takes it. The same binary always gives
+# the same digest (fixed time stamps). cmd/kproxy-image builds it with
+# go-containerregistry, not ko: ko would build the binary its own way, put it at
+# /ko-app/kproxy and want a base image from a registry (internal/image says more).
+IMAGE ?= ghcr.io/kproxy/kproxy:latest
+image:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o $(BIN)/image/kproxy ./cmd/kproxy
+	$(GO) run ./cmd/kproxy-image --binary $(BIN)/image/kproxy --image $(IMAGE) --output $(BIN)/kproxy-image.tar
 
 # demo.sh builds only what it runs (kproxy and kproxy-echo), not the benchmark tools.
 demo:

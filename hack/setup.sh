@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what kproxy's tests need on a fresh Debian machine: the packages in
-# hack/apt-packages.txt, the Go modules, and the real Kubernetes components
-# (kube-apiserver, kube-controller-manager, kubectl, kube-proxy, etcd) built from
-# the Go module proxy. Without root it only downloads the Go modules: the tests
-# that need the rest then skip (and fail under CI).
+# hack/apt-packages.txt, the Go modules, and the real Kubernetes components built
+# from the Go module proxy (kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubelet, kubectl, kube-proxy, agnhost, e2e.test, etcd, CoreDNS) with the container
+# images of the real-cluster tests (hack/k8s/README.md). Without root it only
+# downloads the Go modules: the tests that need the rest then skip (and fail under CI).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -55,6 +55,6 @@ func newRootCommand() *cobra.Command {
 			fmt.Fprintln(cmd.OutOrStdout(), "kproxy", Version)
 		},
 	})
-	root.AddCommand(newRunCommand(), newValidateCommand(), newGetCommand(), newDescribeCommand(), newTraceCommand(), newCleanupCommand())
+	root.AddCommand(newRunCommand(), newValidateCommand(), newGetCommand(), newDescribeCommand(), newTraceCommand(), newCleanupCommand(), newInitNodeCommand())
 	return root
 }

@@ -133,7 +133,15 @@ func primary(d Dataplane) Dataplane {
 }
 
 func newNFTables(_ context.Context, log *slog.Logger, cfg config.Config, m *metrics.Metrics) (Dataplane, error) {
-	p, err := nftables.New(nftables.Config{
+	p, err := nftables.New(nftablesConfig(log, cfg), m)
+	if err != nil {
+		return nil, fmt.Errorf("nftables data plane: %w", err)
+	}
+	return p, nil
+}
+
+func nftablesConfig(log *slog.Logger, cfg config.Config) nftables.Config {
+	return nftables.Config{
 		TableName:          cfg.NFTablesTable,
 		IPFamilies:         familiesOf(cfg),
 		ClusterCIDRs:       cfg.ClusterCIDRs,
@@ -141,9 +149,5 @@ func newNFTables(_ context.Context, log *slog.Logger, cfg config.Config, m *metr
 		NodePortAddresses:  cfg.NodePortAddresses,
 		LocalhostNodePorts: cfg.LocalhostNodePorts,
 		Logger:             log,
-	}, m)
-	if err != nil {
-		return nil, fmt.Errorf("nftables data plane: %w", err)
 	}
-	return p, nil
 }

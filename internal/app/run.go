@@ -149,6 +149,21 @@ func (o *options) complete(fs *pflag.FlagSet, warn func(string)) (config.Config,
 	return c, c.Validate()
 }
 
+// completeWithLogger completes the configuration and returns it with the
+// logger it asks for, the configuration file's warnings logged.
+func (o *options) completeWithLogger(cmd *cobra.Command) (config.Config, *slog.Logger, error) {
+	var warnings []string
+	cfg, err := o.complete(cmd.Flags(), func(w string) { warnings = append(warnings, w) })
+	if err != nil {
+		return cfg, nil, err
+	}
+	log := newLogger(cmd.ErrOrStderr(), cfg.LogFormat, cfg.Verbosity)
+	for _, w := range warnings {
+		log.Warn(w)
+	}
+	return cfg, log, nil
+}
+
 func newRunCommand() *cobra.Command {
 	o := &options{cfg: config.Defaults()}
 	cmd := &cobra.Command{
@@ -158,14 +173,9 @@ func newRunCommand() *cobra.Command {
   kproxy run --kubeconfig ~/.kube/config --proxy-mode=nftables`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var warnings []string
-			cfg, err := o.complete(cmd.Flags(), func(w string) { warnings = append(warnings, w) })
+			cfg, log, err := o.completeWithLogger(cmd)
 			if err != nil {
 				return err
-			}
-			log := newLogger(cmd.ErrOrStderr(), cfg.LogFormat, cfg.Verbosity)
-			for _, w := range warnings {
-				log.Warn(w)
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -384,6 +394,12 @@ func rulesOf(plane Dataplane) func(ctx context.Context) (string, error) {
 // CAP_SYS_RESOURCE, which a normal user (and root in some containers) lacks;
 // that is no reason not to start.
 func applyOOMScoreAdj(log *slog.Logger, v int) {
+	if cur, err := os.ReadFile("/proc/self/oom_score_adj"); err == nil && strings.TrimSpace(string(cur)) == strconv.Itoa(v) {
+		// Already so (the kubelet gives a system-node-critical pod -997):
+		// nothing to write, and nothing to warn about without CAP_SYS_RESOURCE.
+		log.Debug("oom_score_adj already set", "value", v)
+		return
+	}
 	err := os.WriteFile("/proc/self/oom_score_adj", []byte(strconv.Itoa(v)), 0)
 	switch {
 	case err == nil:
@@ -434,6 +450,10 @@ func applyConntrack(log *slog.Logger, s conntrack.Settings, mode string) {
 		}
 	}
 	if err != nil {
+		if errors.Is(err, syscall.EROFS) {
+			log.Error("could not apply every conntrack setting: /proc/sys is read-only here; in an unprivileged container, run `kproxy init-node` with the same configuration in a privileged init container first (deploy/kproxy.yaml does)", "err", err)
+			return
+		}
 		log.Error("could not apply every conntrack setting", "err", err)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -146,10 +147,23 @@ func RESTConfig(c Config) (*rest.Config, error) {
 			return nil, fmt.Errorf("in-cluster config (no kubeconfig given): %w", err)
 		}
 	} else {
-		rc, err = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
+		cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
 			&clientcmd.ClientConfigLoadingRules{ExplicitPath: c.Kubeconfig},
 			&clientcmd.ConfigOverrides{ClusterInfo: clientcmdapi.Cluster{Server: c.Master}},
-		).ClientConfig()
+		)
+		// The address first: a placeholder is the one thing an operator must
+		// set, so it is named before anything else (such as a CA file that
+		// exists only in a pod) can fail.
+		server := c.Master
+		if raw, err := cc.RawConfig(); server == "" && err == nil {
+			if ctx := raw.Contexts[raw.CurrentContext]; ctx != nil && raw.Clusters[ctx.Cluster] != nil {
+				server = raw.Clusters[ctx.Cluster].Server
+			}
+		}
+		if err := checkPlaceholder(server, c); err != nil {
+			return nil, err
+		}
+		rc, err = cc.ClientConfig()
 		if err != nil {
 			return nil, fmt.Errorf("load kubeconfig %q: %w", c.Kubeconfig, err)
 		}
@@ -177,6 +191,29 @@ func RESTConfig(c Config) (*rest.Config, error) {
 		rc.AcceptContentTypes = ContentTypeJSON
 	}
 	return rc, nil
+}
+
+// PlaceholderServer is the API server address that deploy/kproxy.yaml's
+// kubeconfig ships with, for the operator to replace: a pod on a node whose
+// service proxy is not running yet cannot reach the API server through the
+// kubernetes Service's cluster IP, so kproxy must be told the real address. The
+// .invalid top-level domain never resolves (RFC 2606).
+const PlaceholderServer = "https://kube-apiserver.invalid:6443"
+
+// checkPlaceholder turns an API server address that cannot work (a host in the
+// .invalid domain, such as PlaceholderServer) into an error that says what to set.
+func checkPlaceholder(host string, c Config) error {
+	u, err := url.Parse(host)
+	if err != nil || !strings.HasSuffix(strings.TrimSuffix(u.Hostname(), "."), ".invalid") {
+		return nil
+	}
+	where := "--master"
+	if c.Master == "" {
+		where = fmt.Sprintf("the kubeconfig %s (deploy/kproxy.yaml: ConfigMap kube-system/kproxy, key kubeconfig.conf, field clusters[0].cluster.server), or give --master", c.Kubeconfig)
+	}
+	return fmt.Errorf("the API server address %s is a placeholder: put the API server's real address "+
+		"(`kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}'` prints it) in %s. "+
+		"kproxy cannot reach the API server through the kubernetes Service's cluster IP: only a running service proxy makes that reachable", host, where)
 }
 
 // Source watches the API server and feeds a model.Handler.

@@ -94,14 +94,9 @@ func New(cfg Config, m *metrics.Metrics) (*Proxier, error) {
 		}
 		ct = s
 	}
-	if cfg.LocalhostNodePorts && cfg.hasFamily(v1.IPv4Protocol) {
-		// NodePorts on 127.0.0.1 are DNATed to pod addresses; the kernel drops
-		// such "martian" packets unless route_localnet is on. It exposes
-		// 127.0.0.1-bound services to neighbours (CVE-2020-8558), hence opt-in.
-		if err := setSysctl(cfg.NetNSPath, "net/ipv4/conf/all/route_localnet", "1"); err != nil {
-			k.Close()
-			return nil, err
-		}
+	if err := PrepareNode(cfg); err != nil {
+		k.Close()
+		return nil, err
 	}
 	if !cfg.AcceptInvalid {
 		// With tcp_be_liberal conntrack marks only out-of-window resets
@@ -170,8 +165,30 @@ func newProxier(cfg Config, m *metrics.Metrics, k kernel, ct conntrack.Table) *P
 	return p
 }
 
+// PrepareNode sets the sysctls of the node (cfg.NetNSPath's network namespace)
+// that the rules cfg describes depend on, and only those: New calls it, and
+// `kproxy init-node` runs it where /proc/sys is writable, before an
+// unprivileged kproxy starts. A value already in place is not written again.
+func PrepareNode(cfg Config) error {
+	cfg.Defaults()
+	if cfg.LocalhostNodePorts && cfg.hasFamily(v1.IPv4Protocol) {
+		// NodePorts on 127.0.0.1 are DNATed to pod addresses; the kernel drops
+		// such "martian" packets unless route_localnet is on. It exposes
+		// 127.0.0.1-bound services to neighbours (CVE-2020-8558), hence opt-in.
+		if err := setSysctl(cfg.NetNSPath, "net/ipv4/conf/all/route_localnet", "1"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func setSysctl(nsPath, key, value string) error {
 	return inNetNS(nsPath, func() error {
+		// A value already in place is not written again: where /proc/sys is
+		// read-only (an unprivileged container), `kproxy init-node` set it.
+		if cur, err := os.ReadFile("/proc/sys/" + key); err == nil && strings.TrimSpace(string(cur)) == value {
+			return nil
+		}
 		if err := os.WriteFile("/proc/sys/"+key, []byte(value), 0o644); err != nil {
 			return fmt.Errorf("set sysctl %s: %w", strings.ReplaceAll(key, "/", "."), err)
 		}
