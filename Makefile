@@ -7,7 +7,7 @@ BIN := $(CURDIR)/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/kproxy/kproxy/internal/app.Version=$(VERSION)
 
-.PHONY: all build image demo test test-unit setup e2e-services bench bench-nftables bench-userspace bench-dns lint clean
+.PHONY: all build image demo test test-unit setup e2e-services bench bench-nftables bench-socketlb bench-userspace bench-dns lint clean
 
 all: build
 
@@ -54,12 +54,18 @@ lint:
 	gofmt -l $$(git ls-files '*.go') | tee /dev/stderr | (! read)
 	$(GO) vet ./...
 
-bench: bench-nftables bench-userspace bench-dns
+bench: bench-nftables bench-socketlb bench-userspace bench-dns
 
 # Sync time, memory and connect latency at 1k/10k/30k services (root: it programs
 # the kernel in throwaway network namespaces); writes a PNG plot.
 bench-nftables: build
 	$(BIN)/kproxy-bench-nft
+
+# Pod → ClusterIP by the socket LB vs nftables DNAT vs pod → pod direct (bulk,
+# connect and request/response latency, new conn/s), and the BPF maps at 10k
+# services (root: namespaces, a test cgroup, a private bpffs).
+bench-socketlb: build
+	$(BIN)/kproxy-bench-socketlb
 
 # Throughput, request rate, latency and new connections: direct vs kproxy vs HAProxy.
 bench-userspace: build

@@ -21,6 +21,7 @@ import (
 	"github.com/kproxy/kproxy/internal/describe"
 	"github.com/kproxy/kproxy/internal/manifest"
 	"github.com/kproxy/kproxy/internal/nftables"
+	"github.com/kproxy/kproxy/internal/socketlb"
 	"github.com/kproxy/kproxy/internal/trace"
 )
 
@@ -299,9 +300,10 @@ func newTraceCommand() *cobra.Command {
 
 func newCleanupCommand() *cobra.Command {
 	table := config.DefaultNFTablesTable
+	pinDir := config.DefaultSocketLBPinDir
 	cmd := &cobra.Command{
 		Use:   "cleanup",
-		Short: "Remove kproxy's nftables tables (ip and ip6) and exit; nothing else is touched",
+		Short: "Remove kproxy's nftables tables (ip and ip6) and its socket LB (detach the programs, remove the pinned maps), and exit; nothing else is touched",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
@@ -310,9 +312,14 @@ func newCleanupCommand() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "removed nftables tables ip %s and ip6 %s (if they existed)\n", table, table)
+			if err := socketlb.Cleanup(pinDir); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "detached the socket LB and removed its pins in %s (if they existed)\n", pinDir)
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&table, "nftables-table", table, "The name of kproxy's nftables tables")
+	cmd.Flags().StringVar(&pinDir, "socket-lb-pin-dir", pinDir, "Where kproxy's socket LB pinned its maps and links")
 	return cmd
 }

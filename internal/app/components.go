@@ -125,7 +125,10 @@ func startComponents(ctx context.Context, log *slog.Logger, cfg config.Config, m
 		NodePortAddresses:  cfg.NodePortAddresses,
 		LocalhostNodePorts: cfg.LocalhostNodePorts,
 	}
-	opts = trace.ForDataplane(s.plane, opts)
+	opts = trace.ForDataplane(primary(s.plane), opts)
+	if pl, ok := s.plane.(planes); ok {
+		opts.SocketLB = pl.socket
+	}
 	if hostAddrs, err := localAddrsIn(nil); err == nil {
 		opts.NodeAddresses = hostAddrs
 	}

@@ -2,13 +2,19 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kproxy/kproxy/internal/cgroups"
 	"github.com/kproxy/kproxy/internal/config"
 	"github.com/kproxy/kproxy/internal/metrics"
+	"github.com/kproxy/kproxy/internal/model"
 	"github.com/kproxy/kproxy/internal/nftables"
+	"github.com/kproxy/kproxy/internal/socketlb"
 	"github.com/kproxy/kproxy/internal/userspace"
 )
 
@@ -52,6 +58,78 @@ func newDataplane(ctx context.Context, log *slog.Logger, cfg config.Config, mode
 // be read and written here (nf_tables present, CAP_NET_ADMIN).
 func nftablesAvailable(cfg config.Config) error {
 	return nftables.Probe(nftables.Config{TableName: cfg.NFTablesTable, IPFamilies: familiesOf(cfg)})
+}
+
+// socketLB starts the socket load balancer beside the nftables data plane, as
+// cfg.SocketLB asks. With auto, anything that stands in the way (not root, no
+// cgroup v2, no bpf filesystem, a kernel that refuses the programs) is one log
+// line and kproxy runs with nftables alone; with on, it is an error.
+func socketLB(log *slog.Logger, cfg config.Config, mode string, reg prometheus.Registerer) (*socketlb.Proxier, error) {
+	if cfg.SocketLB == config.SocketLBOff {
+		return nil, nil
+	}
+	off := func(why error) (*socketlb.Proxier, error) {
+		if cfg.SocketLB == config.SocketLBOn {
+			return nil, fmt.Errorf("--socket-lb=on: %w", why)
+		}
+		log.Info("socket LB off", "reason", why.Error())
+		return nil, nil
+	}
+	if mode != config.ModeNFTables {
+		return off(fmt.Errorf("it runs beside the nftables data plane, and the mode is %s", mode))
+	}
+	if os.Geteuid() != 0 {
+		return off(errors.New("not running as root"))
+	}
+	cgroup := cfg.SocketLBCgroup
+	if cgroup == "" {
+		var err error
+		if cgroup, err = cgroups.V2Root(); err != nil {
+			return off(err)
+		}
+	}
+	if err := socketlb.Usable(cgroup, cfg.SocketLBPinDir); err != nil {
+		return off(err)
+	}
+	p, err := socketlb.New(socketlb.Config{
+		CgroupPath:        cgroup,
+		PinDir:            cfg.SocketLBPinDir,
+		NodePortAddresses: cfg.NodePortAddresses,
+		Logger:            log,
+	}, socketlb.NewMetrics(reg))
+	if err != nil {
+		return off(err)
+	}
+	log.Info("socket LB on", "cgroup", cgroup, "pinDir", cfg.SocketLBPinDir)
+	return p, nil
+}
+
+// planes syncs the nftables data plane and then the socket LB from the same
+// snapshot. nftables keeps every rule (it serves traffic from outside the
+// node and whatever the socket LB leaves alone), so the order only matters
+// for failures: either failing fails the sync, and the next one is full.
+type planes struct {
+	Dataplane
+	socket *socketlb.Proxier
+}
+
+func (p planes) Sync(ctx context.Context, snap *model.Snapshot, full bool) error {
+	if err := p.Dataplane.Sync(ctx, snap, full); err != nil {
+		return err
+	}
+	if err := p.socket.Sync(ctx, snap, full); err != nil {
+		return fmt.Errorf("socket LB: %w", err)
+	}
+	return nil
+}
+
+// primary returns the data plane behind the socket LB, for the admin
+// endpoints that read nftables state.
+func primary(d Dataplane) Dataplane {
+	if p, ok := d.(planes); ok {
+		return p.Dataplane
+	}
+	return d
 }
 
 func newNFTables(_ context.Context, log *slog.Logger, cfg config.Config, m *metrics.Metrics) (Dataplane, error) {

@@ -69,6 +69,9 @@ func (o *options) addRunFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.Conntrack.TCPBeLiberal, "conntrack-tcp-be-liberal", c.Conntrack.TCPBeLiberal, "nftables mode: let conntrack accept out-of-window TCP packets instead of marking them invalid (kproxy drops INVALID forwarded packets instead; see internal/nftables)")
 	fs.DurationVar(&c.Conntrack.UDPTimeout, "conntrack-udp-timeout", c.Conntrack.UDPTimeout, "nftables mode: conntrack timeout of UDP entries without replies (0: leave it)")
 	fs.DurationVar(&c.Conntrack.UDPStreamTimeout, "conntrack-udp-timeout-stream", c.Conntrack.UDPStreamTimeout, "nftables mode: conntrack timeout of UDP entries with replies (0: leave it)")
+	fs.StringVar(&c.SocketLB, "socket-lb", c.SocketLB, "auto, on or off: the eBPF socket load balancer beside nftables, which picks the endpoint at connect() for the node's and its pods' sockets (no per-packet NAT). auto: on where the kernel, a cgroup v2 hierarchy and a bpf filesystem allow it (cluster mode; standalone mode defaults to off)")
+	fs.StringVar(&c.SocketLBCgroup, "socket-lb-cgroup", c.SocketLBCgroup, "The cgroup v2 directory the socket LB's programs attach to; every process in it and below is served (default: the cgroup v2 root, found in /proc/self/mountinfo)")
+	fs.StringVar(&c.SocketLBPinDir, "socket-lb-pin-dir", c.SocketLBPinDir, "The directory on a bpf filesystem where the socket LB pins its maps and links, so that they outlive a kproxy restart")
 	fs.StringVar(&c.NFTablesTable, "nftables-table", c.NFTablesTable, "The name of kproxy's own nftables tables (ip and ip6 families)")
 	fs.DurationVar(&c.UserspaceIdleTimeout, "userspace-idle-timeout", c.UserspaceIdleTimeout, "Userspace mode: close TCP connections idle this long")
 	fs.IntVar(&c.UserspaceMaxConns, "userspace-max-connections", c.UserspaceMaxConns, "Userspace mode: the most TCP connections open at once (0: no limit)")
@@ -136,6 +139,11 @@ func (o *options) complete(fs *pflag.FlagSet, warn func(string)) (config.Config,
 		}
 		if !fs.Changed("dns-bind-address") && c.DNSBindAddress == "" {
 			c.DNSBindAddress = config.DefaultDNSBindAddress
+		}
+		if !fs.Changed("socket-lb") {
+			// A manifest directory is no cluster: hooking every socket of
+			// the machine is for nodes, asked for explicitly.
+			c.SocketLB = config.SocketLBOff
 		}
 	}
 	return c, c.Validate()
@@ -255,7 +263,21 @@ func runProxy(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 		}
 	}()
 
-	s := newSyncer(log, tracker, plane, m, cfg.SyncPeriod)
+	synced := plane
+	sock, err := socketLB(log, cfg, mode, reg)
+	if err != nil {
+		return err
+	}
+	if sock != nil {
+		synced = planes{Dataplane: plane, socket: sock}
+		defer func() {
+			if err := sock.Close(); err != nil {
+				log.Error("closing the socket LB", "err", err)
+			}
+		}()
+	}
+
+	s := newSyncer(log, tracker, synced, m, cfg.SyncPeriod)
 	r := runner.New(s.sync, cfg.MinSyncPeriod, cfg.SyncPeriod, cfg.MinSyncPeriod+time.Second)
 	podCIDRsChanged := make(chan []netip.Prefix, 1)
 	tracker.SetNotify(func() {

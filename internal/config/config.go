@@ -22,6 +22,13 @@ const (
 	ModeUserspace = "userspace"
 )
 
+// Socket LB settings (--socket-lb).
+const (
+	SocketLBAuto = "auto"
+	SocketLBOn   = "on"
+	SocketLBOff  = "off"
+)
+
 // Local traffic detection modes (kube-proxy's --detect-local-mode).
 const (
 	DetectLocalClusterCIDR = "ClusterCIDR"
@@ -72,6 +79,17 @@ type Config struct {
 	Conntrack conntrack.Settings
 	// LocalhostNodePorts makes NodePorts answer on 127.0.0.1 (sets route_localnet).
 	LocalhostNodePorts bool
+
+	// SocketLB turns the eBPF socket load balancer on beside nftables:
+	// SocketLBAuto (where the kernel, a cgroup v2 hierarchy and a bpf
+	// filesystem allow it; the default in cluster mode), SocketLBOn or
+	// SocketLBOff (the default in standalone mode).
+	SocketLB string
+	// SocketLBCgroup is the cgroup v2 directory its programs attach to
+	// (empty: the cgroup v2 root, from mountinfo).
+	SocketLBCgroup string
+	// SocketLBPinDir is where its maps and links are pinned, on a bpffs.
+	SocketLBPinDir string
 
 	// Userspace data plane.
 	UserspaceIdleTimeout time.Duration
@@ -128,6 +146,7 @@ const (
 	DefaultUserspaceGrace    = 10 * time.Second
 	DefaultDNSTTL            = 5 * time.Second
 	DefaultDNSUpstreamWait   = 2 * time.Second
+	DefaultSocketLBPinDir    = "/sys/fs/bpf/kproxy"
 )
 
 // Defaults returns a Config with every default filled in.
@@ -147,6 +166,8 @@ func Defaults() Config {
 		ClusterDomain:        DefaultClusterDomain,
 		DNSTTL:               DefaultDNSTTL,
 		DNSUpstreamWait:      DefaultDNSUpstreamWait,
+		SocketLB:             SocketLBAuto,
+		SocketLBPinDir:       DefaultSocketLBPinDir,
 		LogFormat:            "text",
 	}
 }
@@ -204,6 +225,18 @@ func (c *Config) Validate() error {
 	}
 	if c.NFTablesTable == "" || strings.ContainsAny(c.NFTablesTable, " :;/") {
 		errs = append(errs, fmt.Errorf("--nftables-table %q: want a plain name", c.NFTablesTable))
+	}
+	switch c.SocketLB {
+	case SocketLBAuto, SocketLBOff:
+	case SocketLBOn:
+		if c.Mode == ModeUserspace {
+			errs = append(errs, errors.New("--socket-lb=on runs beside the nftables data plane: not with --proxy-mode userspace"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("--socket-lb %q: want auto, on or off", c.SocketLB))
+	}
+	if c.SocketLB != SocketLBOff && c.SocketLBPinDir == "" {
+		errs = append(errs, errors.New("--socket-lb-pin-dir must not be empty"))
 	}
 	switch c.LogFormat {
 	case "text", "json":

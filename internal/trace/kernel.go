@@ -67,6 +67,9 @@ type KernelEndpoint struct {
 // model's answer with the error in Disagreements.
 func Trace(ctx context.Context, snap *model.Snapshot, opts Options, pkt Packet) Result {
 	r := FromModel(snap, opts, pkt)
+	if opts.SocketLB != nil && traceSocketLB(snap, &opts, pkt, &r) {
+		return r
+	}
 	if opts.Kernel == nil {
 		return r
 	}

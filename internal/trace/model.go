@@ -41,6 +41,10 @@ type Options struct {
 	// Kernel, if set, reads the data plane's rules back from the kernel; the
 	// HTTP handler then reports both answers and where they disagree.
 	Kernel KernelState `json:"-"`
+	// SocketLB, if set, is the socket load balancer running beside the
+	// kernel's rules: connects from the node and its pods that it serves never
+	// reach those rules, and the trace reads its maps instead.
+	SocketLB SocketLBReader `json:"-"`
 }
 
 func (o *Options) inCluster(ip netip.Addr) bool {

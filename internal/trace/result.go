@@ -1,6 +1,8 @@
 package trace
 
 import (
+	"github.com/kproxy/kproxy/internal/socketlb"
+
 	"fmt"
 	"io"
 	"net/netip"
@@ -103,6 +105,12 @@ type Result struct {
 	// ran; Disagreements lists where it differs from the model.
 	Kernel        *KernelPath `json:"kernel,omitempty"`
 	Disagreements []string    `json:"disagreements,omitempty"`
+	// Datapath is where the connection is load-balanced when kproxy runs the
+	// socket LB: DatapathSocketLB or DatapathNFTables ("" without it).
+	Datapath string `json:"datapath,omitempty"`
+	// SocketLB is the socket LB's entry for the destination, read from its
+	// BPF maps in the kernel, when it serves the connection.
+	SocketLB *socketlb.Entry `json:"socketLB,omitempty"`
 }
 
 func (r *Result) step(format string, args ...any) {
@@ -181,6 +189,29 @@ func WriteText(w io.Writer, r *Result) error {
 		fmt.Fprintf(&b, "masquerade: %s", yes)
 		if r.MasqueradeReason != "" {
 			fmt.Fprintf(&b, " (%s)", r.MasqueradeReason)
+		}
+		b.WriteString("\n")
+	}
+	if r.Datapath != "" {
+		fmt.Fprintf(&b, "datapath: %s\n", r.Datapath)
+	}
+	if e := r.SocketLB; e != nil {
+		fmt.Fprintf(&b, "socket LB (BPF maps): frontend %s", e.Frontend)
+		if e.ServicePort != "" {
+			fmt.Fprintf(&b, ", %s", e.ServicePort)
+		}
+		switch {
+		case e.Refuse:
+			b.WriteString(": connect refused (no endpoints)")
+		default:
+			addrs := make([]string, len(e.Endpoints))
+			for i, ep := range e.Endpoints {
+				addrs[i] = ep.String()
+			}
+			fmt.Fprintf(&b, ": one of %s at connect()", strings.Join(addrs, ", "))
+			if e.AffinitySeconds > 0 {
+				fmt.Fprintf(&b, ", affinity %ds per network namespace", e.AffinitySeconds)
+			}
 		}
 		b.WriteString("\n")
 	}

@@ -119,7 +119,7 @@ func runProxyBench(ctx context.Context, b *testing.B, c *cluster.Cluster, pop cl
 			b.Fatal(err)
 		}
 		args = func(kubeconfig string) []string {
-			return []string{"run", "--kubeconfig=" + kubeconfig, "--proxy-mode=nftables", "--hostname-override=node-a",
+			return []string{"run", "--kubeconfig=" + kubeconfig, "--proxy-mode=nftables", "--socket-lb=off", "--hostname-override=node-a",
 				"--cluster-cidr=10.244.0.0/16", "--metrics-bind-address=127.0.0.1:10249",
 				"--healthz-bind-address=127.0.0.1:10256", "--profiling=" + strconv.FormatBool(os.Getenv("KPROXY_BENCH_PPROF") != "")}
 		}

@@ -99,7 +99,7 @@ func setupTwoNodes(t *testing.T, ctx context.Context) *twoNodes {
 		ns   *netnstest.Node
 	}{{"node-a", env.a}, {"node-b", env.b}} {
 		env.proxies[n.name] = startProxy(t, c, "kproxy-"+n.name, n.ns.Name, bin, func(kubeconfig string) []string {
-			args := []string{"run", "--kubeconfig=" + kubeconfig, "--proxy-mode=nftables", "--hostname-override=" + n.name,
+			args := []string{"run", "--kubeconfig=" + kubeconfig, "--proxy-mode=nftables", "--socket-lb=off", "--hostname-override=" + n.name,
 				"--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=0.0.0.0:10256"}
 			if n.name == "node-a" {
 				// Node a serves NodePorts on its InternalIP (192.168.10.1) only,

@@ -60,8 +60,8 @@ func TestHealthzFollowsFailingSyncs(t *testing.T) {
 	})
 
 	// Hijack the table: nft -i keeps its netlink socket, and so its owned table,
-	// until its standard input closes.
-	node.MustExec("nft", "delete", "table", "ip", table)
+	// until its standard input closes. The table is replaced in one transaction,
+	// or a periodic sync of kproxy could recreate it in between.
 	hijack := exec.Command("ip", "netns", "exec", node.Name, "nft", "-i")
 	stdin, err := hijack.StdinPipe()
 	if err != nil {
@@ -79,7 +79,7 @@ func TestHealthzFollowsFailingSyncs(t *testing.T) {
 		}
 	}
 	t.Cleanup(release)
-	fmt.Fprintf(stdin, "add table ip %s { flags owner; }\n", table)
+	fmt.Fprintf(stdin, "add table ip %[1]s\ndelete table ip %[1]s; add table ip %[1]s { flags owner; }\n", table)
 	eventually(t, "the owned table exists", 5*time.Second, func() (bool, string) {
 		out, _ := node.Exec("nft", "list", "table", "ip", table)
 		return strings.Contains(out, "owner"), out

@@ -15,11 +15,14 @@ import (
 	"path/filepath"
 	"runtime"
 	"testing"
+
+	"github.com/kproxy/kproxy/internal/socketlb/lbtest"
 )
 
 var binDir string
 
 func TestMain(m *testing.M) {
+	lbtest.ClientMain()
 	dir, err := os.MkdirTemp("", "kproxy-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
