@@ -636,25 +636,11 @@ func (p *Proxier) collectGarbage() error {
 		}
 	}
 	var errs []error
-	var stale []frontendKey
-	errs = append(errs, eachKey(p.k.objs.KpFrontends, func(k frontendKey) {
-		if !live[k] {
-			stale = append(stale, k)
-		}
-	}))
-	for _, k := range stale {
-		errs = append(errs, ignoreMissing(p.k.objs.KpFrontends.Delete(k)))
-	}
-	var staleSlots []socketlbSlotKey
-	errs = append(errs, eachKey(p.k.objs.KpSlots, func(sk socketlbSlotKey) {
+	errs = append(errs, deleteStale(p.k.objs.KpFrontends, func(k frontendKey) bool { return live[k] }))
+	errs = append(errs, deleteStale(p.k.objs.KpSlots, func(sk socketlbSlotKey) bool {
 		st := p.sets[sk.SetId&^1]
-		if st == nil || sk.Slot >= st.n[sk.SetId&1] {
-			staleSlots = append(staleSlots, sk)
-		}
+		return st != nil && sk.Slot < st.n[sk.SetId&1]
 	}))
-	for _, k := range staleSlots {
-		errs = append(errs, ignoreMissing(p.k.objs.KpSlots.Delete(k)))
-	}
 	liveBackends := map[uint32]bool{}
 	for _, b := range p.backends {
 		liveBackends[b.id] = true
@@ -666,28 +652,12 @@ func (p *Proxier) collectGarbage() error {
 			p.backendID.put(b.id)
 		}
 	}
-	var staleBackends []uint32
-	errs = append(errs, eachKey(p.k.objs.KpBackends, func(id uint32) {
-		if !liveBackends[id] {
-			staleBackends = append(staleBackends, id)
-		}
-	}))
-	for _, k := range staleBackends {
-		errs = append(errs, ignoreMissing(p.k.objs.KpBackends.Delete(k)))
-	}
+	errs = append(errs, deleteStale(p.k.objs.KpBackends, func(id uint32) bool { return liveBackends[id] }))
 	livePorts := map[uint32]bool{}
 	for _, ps := range p.ports {
 		livePorts[ps.id] = true
 	}
-	var staleCounters []uint32
-	errs = append(errs, eachKey(p.k.objs.KpCounters, func(id uint32) {
-		if !livePorts[id] {
-			staleCounters = append(staleCounters, id)
-		}
-	}))
-	for _, k := range staleCounters {
-		errs = append(errs, ignoreMissing(p.k.objs.KpCounters.Delete(k)))
-	}
+	errs = append(errs, deleteStale(p.k.objs.KpCounters, func(id uint32) bool { return livePorts[id] }))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove stale socket LB map entries: %w", err)
 	}
@@ -708,6 +678,21 @@ func eachKey[K comparable](m *ebpf.Map, f func(K)) error {
 		return nil
 	}
 	return err
+}
+
+// deleteStale deletes the keys of m that keep rejects. The keys are listed
+// first: deleting while iterating would make NextKey restart or skip.
+func deleteStale[K comparable](m *ebpf.Map, keep func(K) bool) error {
+	var stale []K
+	errs := []error{eachKey(m, func(k K) {
+		if !keep(k) {
+			stale = append(stale, k)
+		}
+	})}
+	for _, k := range stale {
+		errs = append(errs, ignoreMissing(m.Delete(k)))
+	}
+	return errors.Join(errs...)
 }
 
 func ignoreMissing(err error) error {
